@@ -1,0 +1,229 @@
+"""Read GenAI facts from span attributes in any dialect.
+
+Spans arrive speaking different attribute dialects: the current OpenTelemetry GenAI
+conventions, their deprecated names (``gen_ai.system``, ``gen_ai.usage.prompt_tokens``),
+OpenLLMetry (``llm.request.type``, ``llm.usage.total_tokens``), OpenInference
+(``llm.token_count.prompt``, ``llm.model_name``) and OpenLIT (seconds-valued
+``gen_ai.server.time_to_first_token``). :func:`normalize` reads each fact from the
+first key present, in the priority order below, and returns one canonical
+:class:`GenAIFacts`. It is pure and never raises: a value of the wrong type, a
+negative, non-finite or non-integral token count reads as *missing*.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tokentrace import attributes as A
+
+# The largest token count we accept; anything above cannot be a real count and would
+# overflow bigint arithmetic in the views.
+MAX_TOKENS = 2**40
+
+INPUT_TOKEN_KEYS = (
+    A.GEN_AI_USAGE_INPUT_TOKENS,
+    A.GEN_AI_USAGE_PROMPT_TOKENS,
+    A.LLM_TOKEN_COUNT_PROMPT,
+    A.LLM_USAGE_PROMPT_TOKENS,
+)
+OUTPUT_TOKEN_KEYS = (
+    A.GEN_AI_USAGE_OUTPUT_TOKENS,
+    A.GEN_AI_USAGE_COMPLETION_TOKENS,
+    A.LLM_TOKEN_COUNT_COMPLETION,
+    A.LLM_USAGE_COMPLETION_TOKENS,
+)
+CACHE_READ_KEYS = (
+    A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+    A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS_OLD,
+    A.LLM_TOKEN_COUNT_CACHE_READ,
+    A.GEN_AI_USAGE_PROMPT_DETAILS_CACHED,
+)
+REASONING_KEYS = (
+    A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+    A.GEN_AI_USAGE_REASONING_TOKENS,
+    A.LLM_USAGE_REASONING_TOKENS,
+    A.LLM_TOKEN_COUNT_REASONING,
+)
+PROVIDER_KEYS = (A.GEN_AI_PROVIDER_NAME, A.GEN_AI_SYSTEM, A.LLM_PROVIDER, A.LLM_SYSTEM, A.LLM_VENDOR)
+REQUEST_MODEL_KEYS = (
+    A.GEN_AI_REQUEST_MODEL,
+    A.LLM_REQUEST_MODEL_NAME,
+    A.LLM_MODEL_NAME,
+    A.LLM_REQUEST_MODEL,
+)
+RESPONSE_MODEL_KEYS = (A.GEN_AI_RESPONSE_MODEL, A.LLM_RESPONSE_MODEL_NAME, A.LLM_RESPONSE_MODEL)
+STREAM_KEYS = (A.GEN_AI_REQUEST_STREAM, A.GEN_AI_IS_STREAMING, A.LLM_IS_STREAMING)
+
+# OpenLLMetry's llm.request.type values -> gen_ai.operation.name
+_LLM_REQUEST_TYPES = {
+    "chat": A.OP_CHAT,
+    "completion": A.OP_TEXT_COMPLETION,
+    "embedding": A.OP_EMBEDDINGS,
+    "embeddings": A.OP_EMBEDDINGS,
+    "rerank": "rerank",
+}
+_PROVIDER_ALIASES = {
+    "az.ai.inference": "azure.ai.inference",
+    "az.ai.openai": "azure.ai.openai",
+    "mistralai": "mistral_ai",
+}
+_OPENINFERENCE_KINDS = {"LLM": A.OP_CHAT, "EMBEDDING": A.OP_EMBEDDINGS}
+
+
+@dataclass(frozen=True, slots=True)
+class GenAIFacts:
+    """The canonical reading of one span's GenAI attributes (None = not known)."""
+
+    operation: str | None = None
+    provider: str | None = None
+    request_model: str | None = None
+    response_model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    stream: bool | None = None
+    ttft_s: float | None = None
+
+    @property
+    def model(self) -> str | None:
+        """The model that answered, else the model asked for."""
+        return self.response_model or self.request_model
+
+    @property
+    def is_genai(self) -> bool:
+        return self.operation is not None or self.model is not None
+
+
+def as_token_count(value: Any) -> int | None:
+    """A token count, or None when the value cannot be one.
+
+    Accepts ints, integral floats and decimal strings ("12"), because some SDKs and
+    OTLP/JSON send counts that way. Negative, non-finite, fractional, boolean and
+    absurdly large values are treated as missing rather than guessed at.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            return None
+        n = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if not text.isdigit() or len(text) > 15:
+            return None
+        n = int(text)
+    else:
+        return None
+    return n if 0 <= n <= MAX_TOKENS else None
+
+
+def as_number(value: Any) -> float | None:
+    """A finite, non-negative float, or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        f = float(value)
+    elif isinstance(value, str):
+        try:
+            f = float(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return f if math.isfinite(f) and f >= 0 else None
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    return None
+
+
+def _first(attrs: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        value = attrs.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+def _first_count(attrs: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
+    for key in keys:
+        if key in attrs:
+            count = as_token_count(attrs[key])
+            if count is not None:
+                return count
+    return None
+
+
+def _first_text(attrs: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        text = _text(attrs.get(key))
+        if text is not None:
+            return text
+    return None
+
+
+def _operation(attrs: Mapping[str, Any]) -> str | None:
+    op = _text(attrs.get(A.GEN_AI_OPERATION_NAME))
+    if op is not None:
+        return op
+    request_type = _text(attrs.get(A.LLM_REQUEST_TYPE))
+    if request_type is not None:
+        return _LLM_REQUEST_TYPES.get(request_type.lower(), request_type.lower())
+    kind = _text(attrs.get(A.OPENINFERENCE_SPAN_KIND))
+    if kind is not None:
+        return _OPENINFERENCE_KINDS.get(kind.upper())
+    return None
+
+
+def _provider(attrs: Mapping[str, Any]) -> str | None:
+    provider = _first_text(attrs, PROVIDER_KEYS)
+    if provider is None:
+        return None
+    provider = provider.lower()
+    return _PROVIDER_ALIASES.get(provider, provider)
+
+
+def _stream(attrs: Mapping[str, Any]) -> bool | None:
+    value = _first(attrs, STREAM_KEYS)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return None
+
+
+def _ttft_s(attrs: Mapping[str, Any], stream: bool | None) -> float | None:
+    ttft = as_number(attrs.get(A.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK))
+    if ttft is not None:
+        return ttft
+    # OpenLIT writes 0.0 here for non-streamed calls: that is "unknown", not instant.
+    openlit = as_number(attrs.get(A.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN))
+    if openlit is not None and openlit > 0 and stream is not False:
+        return openlit
+    return None
+
+
+def normalize(attrs: Mapping[str, Any]) -> GenAIFacts:
+    """Read the canonical GenAI facts from attributes in any supported dialect."""
+    stream = _stream(attrs)
+    return GenAIFacts(
+        operation=_operation(attrs),
+        provider=_provider(attrs),
+        request_model=_first_text(attrs, REQUEST_MODEL_KEYS),
+        response_model=_first_text(attrs, RESPONSE_MODEL_KEYS),
+        input_tokens=_first_count(attrs, INPUT_TOKEN_KEYS),
+        output_tokens=_first_count(attrs, OUTPUT_TOKEN_KEYS),
+        cache_read_tokens=_first_count(attrs, CACHE_READ_KEYS),
+        reasoning_tokens=_first_count(attrs, REASONING_KEYS),
+        stream=stream,
+        ttft_s=_ttft_s(attrs, stream),
+    )

@@ -1,0 +1,120 @@
+"""``PostgresSpanExporter``: OpenTelemetry spans into ``tokentrace.spans``.
+
+Use it like any SDK exporter, or with no code at all::
+
+    OTEL_TRACES_EXPORTER=tokentrace opentelemetry-instrument python app.py
+
+It can be built with no arguments (the database comes from ``TOKENTRACE_DSN``, the
+libpq ``PG*`` variables, or the embedded server) and connects lazily, on the first
+export. Each batch is one COPY and one transaction; a batch exported twice stores
+each span once. It never raises into the SDK: when the database cannot be reached
+``export`` returns ``FAILURE`` and logs the reason once (never the password) until
+the database answers again. Spans that cannot be stored are logged and skipped; the
+rest of the batch is stored. The exporter's own database traffic runs with
+instrumentation suppressed, so it never traces itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from opentelemetry.context import attach, detach, set_value
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from tokentrace.config import max_attribute_chars, redact
+from tokentrace.exporter.spans import span_data
+from tokentrace.store.rows import BuiltRow, RowError, build_row
+from tokentrace.store.writer import SpanWriter, WriteResult
+
+try:  # the key the contrib instrumentations honour
+    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+except ImportError:  # pragma: no cover - older API
+    _SUPPRESS_INSTRUMENTATION_KEY = "suppress_instrumentation"  # type: ignore[assignment]
+
+_log = logging.getLogger(__name__)
+
+__all__ = ["PostgresSpanExporter"]
+
+
+class PostgresSpanExporter(SpanExporter):
+    """Exports SDK spans to PostgreSQL through :class:`~tokentrace.store.writer.SpanWriter`."""
+
+    def __init__(self, dsn: str | None = None, *, writer: SpanWriter | None = None) -> None:
+        self._dsn = dsn
+        self._writer = writer
+        self._max_chars = max_attribute_chars()
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self._failing_since: str | None = None
+        self.stats = {"exported": 0, "duplicates": 0, "rejected": 0, "failed_batches": 0}
+
+    def _get_writer(self) -> SpanWriter:
+        if self._writer is None:
+            from tokentrace.store.connection import resolve_dsn
+
+            self._writer = SpanWriter(resolve_dsn(self._dsn))
+        return self._writer
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shutdown:
+            return SpanExportResult.FAILURE
+        token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            with self._lock:
+                return self._export(spans)
+        except Exception as exc:  # noqa: BLE001 - the SDK must never see an exception
+            self._note_failure(exc)
+            return SpanExportResult.FAILURE
+        finally:
+            detach(token)
+
+    def _export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        rows = self._build(spans)
+        result = self._get_writer().write(rows)
+        self._note_success(result, rows)
+        return SpanExportResult.SUCCESS
+
+    def _build(self, spans: Sequence[ReadableSpan]) -> list[BuiltRow]:
+        rows: list[BuiltRow] = []
+        for span in spans:
+            try:
+                row = build_row(span_data(span), self._max_chars)
+            except RowError as exc:
+                self.stats["rejected"] += 1
+                _log.warning("span %r not stored: %s", span.name, exc)
+                continue
+            if row.problems:
+                _log.warning("span %r stored with changes: %s", span.name, "; ".join(row.problems))
+            rows.append(row)
+        return rows
+
+    def _note_success(self, result: WriteResult, rows: Sequence[BuiltRow]) -> None:
+        if self._failing_since is not None:
+            _log.warning("PostgreSQL reachable again; exporting resumed")
+            self._failing_since = None
+        self.stats["exported"] += result.inserted
+        self.stats["duplicates"] += result.duplicates
+        self.stats["rejected"] += len(result.rejected)
+        for index, reason in result.rejected:
+            _log.warning("span %r refused by PostgreSQL: %s", rows[index].values[3], reason)
+
+    def _note_failure(self, exc: Exception) -> None:
+        self.stats["failed_batches"] += 1
+        reason = redact(f"{type(exc).__name__}: {exc}".strip())
+        if reason != self._failing_since:
+            # Logged once per distinct reason, not once per batch.
+            _log.error("exporting spans to PostgreSQL failed: %s", reason)
+            self._failing_since = reason
+
+    def shutdown(self) -> None:
+        if self._shutdown:
+            return
+        self._shutdown = True
+        if self._writer is not None:
+            self._writer.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True

@@ -1,0 +1,40 @@
+"""Choosing the database and opening connections to it."""
+
+from __future__ import annotations
+
+import os
+
+import psycopg
+
+from tokentrace.config import env_str, redact
+from tokentrace.store.embedded import embedded_dsn
+
+# libpq variables that, when set, mean "the user has pointed us at a server".
+_LIBPQ_TARGET_VARS = ("PGHOST", "PGHOSTADDR", "PGSERVICE", "PGDATABASE", "PGPORT")
+
+
+def resolve_dsn(dsn: str | None = None) -> str:
+    """The DSN to use: argument > ``TOKENTRACE_DSN`` > libpq ``PG*`` variables > embedded.
+
+    An empty string means "let libpq read the ``PG*`` variables".
+    """
+    if dsn:
+        return dsn
+    from_env = env_str("TOKENTRACE_DSN")
+    if from_env:
+        return from_env
+    if any(os.environ.get(name) for name in _LIBPQ_TARGET_VARS):
+        return ""
+    return embedded_dsn()
+
+
+def describe(dsn: str) -> str:
+    """A printable description of ``dsn`` with the password removed."""
+    if not dsn:
+        return "libpq defaults (PG* environment variables)"
+    return redact(dsn)
+
+
+def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
+    """A connection with tokentrace's session settings."""
+    return psycopg.connect(dsn, autocommit=autocommit, application_name="tokentrace")

@@ -1,0 +1,214 @@
+"""Turn one span, from whichever door it came in, into one ``tokentrace.spans`` row.
+
+Pure code, no I/O. Both entrances produce a :class:`SpanData` (the exporter from an
+SDK ``ReadableSpan``, the receiver from an OTLP message) and :func:`build_row` does
+the rest the same way for both: normalize the attribute dialect, derive the
+efficiency figures, and make every value storable.
+
+Storable means PostgreSQL will take it: NUL characters (which ``text`` and ``jsonb``
+refuse) become U+FFFD, unpaired surrogates are replaced, strings longer than
+``max_value_chars`` are cut with a marker, non-finite floats become strings. Each
+change is named in :attr:`BuiltRow.problems` (so the caller can log it) and listed
+under the ``tokentrace.sanitized`` attribute of the stored row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokentrace import attributes as A
+from tokentrace.dialects import normalize
+from tokentrace.efficiency import derive
+
+COLUMNS: tuple[str, ...] = (
+    "trace_id", "span_id", "parent_span_id", "name", "kind", "service_name",
+    "operation", "provider", "model", "start_time", "end_time", "duration_ms",
+    "input_tokens", "output_tokens", "inference_ms", "ms_per_token",
+    "prefill_ms_per_token", "decode_ms_per_token", "ttft_ms", "load_ms",
+    "token_source", "status", "error_type", "attributes", "resource",
+)  # fmt: skip
+# Binary COPY applies no casts, so every column's type is stated.
+COLUMN_TYPES: tuple[str, ...] = (
+    "bytea", "bytea", "bytea", "text", "text", "text",
+    "text", "text", "text", "timestamptz", "timestamptz", "float8",
+    "int8", "int8", "float8", "float8",
+    "float8", "float8", "float8", "float8",
+    "text", "text", "text", "jsonb", "jsonb",
+)  # fmt: skip
+
+DEFAULT_MAX_VALUE_CHARS = 65_536
+_MAX_NAME_CHARS = 1_024
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_MAX_NS = (dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc) - _EPOCH) // dt.timedelta(
+    microseconds=1
+) * 1000
+_MAX_DEPTH = 32
+
+
+class RowError(ValueError):
+    """A span that cannot be stored at all (its identity is unusable)."""
+
+
+@dataclass(slots=True)
+class SpanData:
+    """A span as both entrances see it, before normalization."""
+
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes | None
+    name: str
+    kind: str
+    start_ns: int
+    end_ns: int
+    attributes: Mapping[str, Any]
+    resource: Mapping[str, Any] = field(default_factory=dict)
+    status: str = "UNSET"
+    status_message: str | None = None
+
+
+@dataclass(slots=True)
+class BuiltRow:
+    values: tuple[Any, ...]
+    problems: list[str]
+    start_time: dt.datetime
+
+
+class _Sanitizer:
+    """Makes values storable, remembering what it changed and where."""
+
+    __slots__ = ("limit", "changed")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.changed: list[str] = []
+
+    def text(self, where: str, value: str, limit: int | None = None) -> str:
+        limit = self.limit if limit is None else limit
+        if "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
+            self.changed.append(f"{where}: NUL replaced")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                value = value.encode("utf-8", "replace").decode("utf-8")
+                self.changed.append(f"{where}: invalid unicode replaced")
+        if len(value) > limit:
+            cut = len(value) - limit
+            value = f"{value[:limit]}…[truncated {cut} chars]"
+            self.changed.append(f"{where}: truncated {cut} chars")
+        return value
+
+    def value(self, where: str, value: Any, depth: int = 0) -> Any:
+        if isinstance(value, str):
+            return self.text(where, value)
+        if isinstance(value, (bool, int)) or value is None:
+            return value
+        if isinstance(value, float):
+            if math.isfinite(value):
+                return value
+            self.changed.append(f"{where}: non-finite number kept as text")
+            return str(value)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value).hex()
+        if depth >= _MAX_DEPTH:
+            self.changed.append(f"{where}: nesting deeper than {_MAX_DEPTH} cut")
+            return None
+        if isinstance(value, Mapping):
+            return {
+                self.text(where, str(k), _MAX_NAME_CHARS): self.value(where, v, depth + 1)
+                for k, v in value.items()
+            }
+        if isinstance(value, Sequence):
+            return [self.value(where, v, depth + 1) for v in value]
+        return self.text(where, str(value))
+
+    def mapping(self, items: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            self.text("attribute key", str(k), _MAX_NAME_CHARS): self.value(str(k)[:80], v)
+            for k, v in items.items()
+        }
+
+
+def ns_to_datetime(ns: int) -> dt.datetime:
+    """Nanoseconds since the epoch to an aware UTC datetime (microsecond precision)."""
+    return _EPOCH + dt.timedelta(microseconds=ns // 1000)
+
+
+def _check_ids(data: SpanData) -> None:
+    if len(data.trace_id) != 16 or not any(data.trace_id):
+        raise RowError(f"trace_id must be 16 bytes, not all zero (got {len(data.trace_id)} bytes)")
+    if len(data.span_id) != 8 or not any(data.span_id):
+        raise RowError(f"span_id must be 8 bytes, not all zero (got {len(data.span_id)} bytes)")
+    if data.parent_span_id is not None and len(data.parent_span_id) not in (0, 8):
+        raise RowError(f"parent_span_id must be 8 bytes (got {len(data.parent_span_id)} bytes)")
+    if not 0 <= data.start_ns <= _MAX_NS or not 0 <= data.end_ns <= _MAX_NS:
+        raise RowError("timestamps must lie between 1970 and 9999")
+
+
+def _error_type(data: SpanData, attrs: Mapping[str, Any]) -> str | None:
+    declared = attrs.get(A.ERROR_TYPE)
+    if isinstance(declared, str) and declared:
+        return declared
+    return "_OTHER" if data.status == "ERROR" else None
+
+
+def build_row(data: SpanData, max_value_chars: int = DEFAULT_MAX_VALUE_CHARS) -> BuiltRow:
+    """One storable row for ``data``; raises :class:`RowError` if it has no usable identity."""
+    _check_ids(data)
+    clean = _Sanitizer(max_value_chars)
+    attrs = clean.mapping(data.attributes)
+    facts = normalize(attrs)
+    duration_ms: float | None = (data.end_ns - data.start_ns) / 1e6
+    if duration_ms is not None and duration_ms < 0:
+        clean.changed.append("span ends before it starts: duration unknown")
+        duration_ms = None
+    eff = derive(facts, attrs, duration_ms)
+    attrs.update(eff.as_attributes())
+    if clean.changed:
+        attrs[A.TT_SANITIZED] = clean.changed[:20]
+    resource = clean.mapping(data.resource)
+    service = resource.get(A.SERVICE_NAME)
+    start = ns_to_datetime(data.start_ns)
+
+    def short(value: str | None) -> str | None:
+        return None if value is None else clean.text("column", value, _MAX_NAME_CHARS)
+
+    values = (
+        data.trace_id,
+        data.span_id,
+        data.parent_span_id or None,
+        short(data.name) or "",
+        data.kind,
+        short(service) if isinstance(service, str) else None,
+        short(facts.operation),
+        short(facts.provider),
+        short(facts.model),
+        start,
+        ns_to_datetime(data.end_ns),
+        duration_ms,
+        facts.input_tokens,
+        facts.output_tokens,
+        eff.inference_ms,
+        eff.ms_per_token,
+        eff.prefill_ms_per_token,
+        eff.decode_ms_per_token,
+        eff.ttft_ms,
+        eff.load_ms,
+        eff.token_source,
+        data.status,
+        short(_error_type(data, attrs)),
+        attrs,
+        resource,
+    )
+    return BuiltRow(values=values, problems=clean.changed, start_time=start)
+
+
+def dumps(value: Any) -> str:
+    """JSON for a jsonb column (values are already sanitized)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,188 @@
+"""The one place spans are written: COPY, one transaction per batch, idempotent.
+
+A batch is bulk-loaded with binary ``COPY`` straight into ``tokentrace.spans``. If
+any span of it is already stored (a batch retried after a timeout), the transaction
+is rolled back and the batch goes through a temporary staging table with
+``INSERT … ON CONFLICT DO NOTHING``, so each span is stored once: a span's identity
+is ``(trace_id, span_id)`` (with its ``start_time``, which a retry resends as is).
+
+The day partitions a batch needs are created first, in their own short transaction.
+
+A row PostgreSQL refuses (it should not happen after :mod:`tokentrace.store.rows`
+sanitized it, but the database has the last word) does not sink its batch: the batch
+is split and retried until the refused rows are isolated; they are reported in
+:attr:`WriteResult.rejected` and everything else is stored.
+
+Connection errors are raised to the caller (the exporter turns them into
+``FAILURE``, the receiver into ``UNAVAILABLE``); the broken connection is dropped
+and a fresh one is opened on the next write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from tokentrace.store.connection import connect
+from tokentrace.store.migrate import is_current, migrate
+from tokentrace.store.rows import COLUMN_TYPES, COLUMNS, BuiltRow, dumps
+
+_log = logging.getLogger(__name__)
+_COLUMN_LIST = ", ".join(COLUMNS)
+_COPY_SPANS = f"COPY tokentrace.spans ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
+_COPY_STAGING = f"COPY tt_staging ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
+_CREATE_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS tt_staging "
+    "(LIKE tokentrace.spans INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+)
+_MERGE_STAGING = (
+    f"INSERT INTO tokentrace.spans ({_COLUMN_LIST}) "
+    f"SELECT {_COLUMN_LIST} FROM tt_staging ON CONFLICT DO NOTHING"
+)
+_JSONB_COLUMNS = (COLUMNS.index("attributes"), COLUMNS.index("resource"))
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+@dataclass
+class WriteResult:
+    """What happened to one batch."""
+
+    received: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+
+class SpanWriter:
+    """Writes batches of built rows to one database; safe to share between threads."""
+
+    def __init__(self, dsn: str, *, max_connections: int = 4, auto_migrate: bool = True) -> None:
+        self._dsn = dsn
+        self._auto_migrate = auto_migrate
+        self._migrated = False
+        self._idle: queue.LifoQueue[Conn] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._days_lock = threading.Lock()
+        self._known_days: set[dt.date] = set()
+        self._closed = False
+
+    # --- connections -------------------------------------------------------------
+    @contextmanager
+    def _connection(self) -> Iterator[Conn]:
+        self._slots.acquire()
+        try:
+            conn = self._checkout()
+            try:
+                yield conn
+            except BaseException:
+                conn.close()  # its state is unknown: never reuse it
+                raise
+            if self._closed:
+                conn.close()
+            else:
+                self._idle.put(conn)
+        finally:
+            self._slots.release()
+
+    def _checkout(self) -> Conn:
+        while True:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            if not conn.closed:
+                return conn
+        self._ensure_schema()
+        conn = connect(self._dsn)
+        conn.execute(_CREATE_STAGING)
+        conn.commit()
+        return conn
+
+    def _ensure_schema(self) -> None:
+        if self._migrated or not self._auto_migrate:
+            return
+        if not is_current(self._dsn):
+            migrate(self._dsn)
+        self._migrated = True
+
+    def close(self) -> None:
+        """Close idle connections; connections in use close when returned."""
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+    # --- writing -----------------------------------------------------------------
+    def write(self, rows: Sequence[BuiltRow]) -> WriteResult:
+        """Store ``rows`` (each at most once); raises on connection failure."""
+        result = WriteResult(received=len(rows))
+        if not rows:
+            return result
+        with self._connection() as conn:
+            self._ensure_partitions(conn, rows)
+            self._write_isolating(conn, list(enumerate(rows)), result)
+        result.duplicates = result.received - result.inserted - len(result.rejected)
+        return result
+
+    def _ensure_partitions(self, conn: Conn, rows: Sequence[BuiltRow]) -> None:
+        days = {row.start_time.date() for row in rows}
+        with self._days_lock:
+            missing = sorted(days - self._known_days)
+        if not missing:
+            return
+        conn.execute("SELECT tokentrace.ensure_partitions(%s::date[])", (missing,))
+        conn.commit()
+        with self._days_lock:
+            self._known_days.update(missing)
+
+    def _write_isolating(
+        self, conn: Conn, batch: list[tuple[int, BuiltRow]], result: WriteResult
+    ) -> None:
+        try:
+            result.inserted += self._write_batch(conn, [row for _, row in batch])
+        except (psycopg.DataError, psycopg.errors.IntegrityError, psycopg.errors.ProgramLimitExceeded) as exc:
+            conn.rollback()
+            if len(batch) == 1:
+                index, _ = batch[0]
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                result.rejected.append((index, reason))
+                return
+            middle = len(batch) // 2
+            self._write_isolating(conn, batch[:middle], result)
+            self._write_isolating(conn, batch[middle:], result)
+
+    def _write_batch(self, conn: Conn, rows: Sequence[BuiltRow]) -> int:
+        try:
+            _copy(conn, _COPY_SPANS, rows)
+            conn.commit()
+            return len(rows)
+        except psycopg.errors.UniqueViolation:
+            conn.rollback()
+        # Some spans are stored already: merge through staging, skipping those.
+        _copy(conn, _COPY_STAGING, rows)
+        inserted = conn.execute(_MERGE_STAGING).rowcount
+        conn.commit()
+        return max(inserted, 0)
+
+
+def _copy(conn: Conn, statement: str, rows: Sequence[BuiltRow]) -> None:
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        copy.set_types(list(COLUMN_TYPES))
+        attrs_i, resource_i = _JSONB_COLUMNS
+        for row in rows:
+            values = list(row.values)
+            values[attrs_i] = Jsonb(values[attrs_i], dumps=dumps)
+            values[resource_i] = Jsonb(values[resource_i], dumps=dumps)
+            copy.write_row(values)
