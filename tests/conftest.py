@@ -29,9 +29,15 @@ def dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture
 def db(dsn: str) -> Iterator[str]:
-    """The session database with ``tokentrace.spans`` emptied first."""
+    """The session database with ``tokentrace.spans`` emptied (partitions dropped) first."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE tokentrace.spans")
+        # Dropping the day partitions (not just emptying them) keeps tests that count
+        # partitions independent of each other.
+        conn.execute(
+            "DO $$ DECLARE p record; BEGIN"
+            " FOR p IN SELECT partition FROM tokentrace.span_partitions LOOP"
+            " EXECUTE format('DROP TABLE %s', p.partition); END LOOP; END $$"
+        )
     yield dsn
 
 
@@ -43,3 +49,27 @@ def subprocess_env(dsn: str, tmp_path: Path) -> dict[str, str]:
     env["TOKENTRACE_DATA_DIR"] = str(tmp_path / "unused-embedded")
     return env
 
+
+
+def _reset_tracing_globals() -> None:
+    # The API lets a process set the global provider once; tests need a fresh one each.
+    from opentelemetry import trace
+    from opentelemetry.util._once import Once
+
+    from tokentrace import pipeline
+
+    trace._TRACER_PROVIDER_SET_ONCE = Once()  # type: ignore[attr-defined]
+    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
+    pipeline._configured = None
+
+
+@pytest.fixture
+def configured(db: str) -> Iterator[str]:
+    """``tokentrace.configure(db)`` on a fresh global tracer provider; yields the DSN."""
+    import tokentrace
+
+    _reset_tracing_globals()
+    provider = tokentrace.configure(db)
+    yield db
+    provider.shutdown()
+    _reset_tracing_globals()

@@ -49,6 +49,7 @@ class PostgresSpanExporter(SpanExporter):
         self._lock = threading.Lock()
         self._shutdown = False
         self._failing_since: str | None = None
+        self._failed_before_outage = 0
         self.stats = {"exported": 0, "duplicates": 0, "rejected": 0, "failed_batches": 0}
 
     def _get_writer(self) -> SpanWriter:
@@ -93,7 +94,10 @@ class PostgresSpanExporter(SpanExporter):
 
     def _note_success(self, result: WriteResult, rows: Sequence[BuiltRow]) -> None:
         if self._failing_since is not None:
-            _log.warning("PostgreSQL reachable again; exporting resumed")
+            _log.warning(
+                "PostgreSQL reachable again; exporting resumed after %d failed batch(es)",
+                self.stats["failed_batches"] - self._failed_before_outage,
+            )
             self._failing_since = None
         self.stats["exported"] += result.inserted
         self.stats["duplicates"] += result.duplicates
@@ -102,12 +106,15 @@ class PostgresSpanExporter(SpanExporter):
             _log.warning("span %r refused by PostgreSQL: %s", rows[index].values[3], reason)
 
     def _note_failure(self, exc: Exception) -> None:
-        self.stats["failed_batches"] += 1
         reason = redact(f"{type(exc).__name__}: {exc}".strip())
-        if reason != self._failing_since:
-            # Logged once per distinct reason, not once per batch.
+        if self._failing_since is None:
+            # Logged once when exporting starts failing, not once per batch.
             _log.error("exporting spans to PostgreSQL failed: %s", reason)
             self._failing_since = reason
+            self._failed_before_outage = self.stats["failed_batches"]
+        else:
+            _log.debug("exporting spans to PostgreSQL still failing: %s", reason)
+        self.stats["failed_batches"] += 1
 
     def shutdown(self) -> None:
         if self._shutdown:

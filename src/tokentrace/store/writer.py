@@ -53,6 +53,10 @@ _JSONB_COLUMNS = (COLUMNS.index("attributes"), COLUMNS.index("resource"))
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 
+class _PartitionGone(Exception):
+    """A row's day partition no longer exists (dropped after we created it)."""
+
+
 @dataclass
 class WriteResult:
     """What happened to one batch."""
@@ -132,7 +136,16 @@ class SpanWriter:
             return result
         with self._connection() as conn:
             self._ensure_partitions(conn, rows)
-            self._write_isolating(conn, list(enumerate(rows)), result)
+            try:
+                self._write_isolating(conn, list(enumerate(rows)), result)
+            except _PartitionGone:
+                # A day we knew was dropped meanwhile (prune): recreate it and retry once.
+                conn.rollback()
+                result = WriteResult(received=len(rows))
+                with self._days_lock:
+                    self._known_days.clear()
+                self._ensure_partitions(conn, rows)
+                self._write_isolating(conn, list(enumerate(rows)), result)
         result.duplicates = result.received - result.inserted - len(result.rejected)
         return result
 
@@ -154,6 +167,8 @@ class SpanWriter:
             result.inserted += self._write_batch(conn, [row for _, row in batch])
         except (psycopg.DataError, psycopg.errors.IntegrityError, psycopg.errors.ProgramLimitExceeded) as exc:
             conn.rollback()
+            if "no partition of relation" in str(exc):
+                raise _PartitionGone from exc
             if len(batch) == 1:
                 index, _ = batch[0]
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

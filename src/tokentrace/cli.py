@@ -1,0 +1,339 @@
+"""The ``tokentrace`` command line.
+
+::
+
+    tokentrace demo                         # a simulated fleet → embedded PostgreSQL → reports
+    tokentrace serve                        # OTLP gRPC :4317 + HTTP :4318, reports over HTTP
+    tokentrace report efficiency --hours 6  # token-weighted ms/token per model
+    tokentrace report 60day --json
+    tokentrace report footprint
+    tokentrace prune --retention-days 30
+    tokentrace migrate
+    tokentrace psql                         # psql on the store
+
+The database is ``--dsn``, else ``TOKENTRACE_DSN``, else the libpq ``PG*``
+variables, else tokentrace's embedded PostgreSQL (in ``TOKENTRACE_DATA_DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+
+from tokentrace import reports
+from tokentrace.config import ConfigError, redact, retention_days
+from tokentrace.store.connection import describe, resolve_dsn
+from tokentrace.tables import render
+
+_log = logging.getLogger("tokentrace")
+
+EFFICIENCY_TABLE = (
+    ("model", "model"),
+    ("calls", "calls"),
+    ("input_tokens", "in tok"),
+    ("output_tokens", "out tok"),
+    ("weighted_ms_per_token", "ms/tok"),
+    ("p50_ms_per_token", "p50"),
+    ("p95_ms_per_token", "p95"),
+    ("decode_ms_per_token", "decode"),
+    ("loads", "loads"),
+    ("avg_load_ms", "load ms"),
+    ("errors", "errors"),
+)
+TRENDS_TABLE = (
+    ("model", "model"),
+    ("avg_efficiency", "ms/tok (60d)"),
+    ("measurement_count", "calls"),
+    ("total_tokens_processed", "tokens"),
+)
+FOOTPRINT_TABLE = (
+    ("relation", "relation"),
+    ("total_size", "size"),
+    ("total_bytes", "bytes"),
+    ("row_estimate", "rows (est.)"),
+)
+
+
+def _dsn(args: argparse.Namespace) -> str:
+    return resolve_dsn(getattr(args, "dsn", None))
+
+
+def _ensure_schema(dsn: str) -> None:
+    from tokentrace.store.migrate import is_current, migrate
+
+    if not is_current(dsn):
+        migrate(dsn)
+
+
+# --- commands -------------------------------------------------------------------
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from tokentrace.store.migrate import migrate
+
+    dsn = _dsn(args)
+    days = retention_days(args.retention_days)
+    applied = migrate(dsn, retention_days=days)
+    where = describe(dsn)
+    if applied:
+        print(f"applied {', '.join(applied)} to {where}")
+    else:
+        print(f"schema up to date on {where}")
+    return 0
+
+
+def _print_json(payload: Any) -> None:
+    print(json.dumps(payload, indent=2, default=str))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    dsn = _dsn(args)
+    _ensure_schema(dsn)
+    with reports.report_connection(dsn) as conn:
+        if args.report == "efficiency":
+            rows = reports.efficiency(conn, args.hours, args.model)
+            if args.json:
+                _print_json({"status": "success", "hours": args.hours, "efficiency": rows})
+            else:
+                _print_efficiency(rows, args.hours, args.model)
+        elif args.report == "60day":
+            stats = reports.sixty_day(conn)
+            if args.json:
+                _print_json({"status": "success", "statistics": stats})
+            else:
+                _print_sixty_day(stats)
+        else:
+            foot = reports.footprint(conn)
+            if args.json:
+                _print_json({"status": "success", "footprint": foot})
+            else:
+                _print_footprint(foot)
+    return 0
+
+
+def _print_efficiency(rows: list[dict[str, Any]], hours: float, model: str | None) -> None:
+    scope = f" for model {model!r}" if model else ""
+    print(f"Efficiency over the last {hours:g} h{scope} (token-weighted ms per output token)")
+    if not rows:
+        print("  no spans in this window — run `tokentrace demo`, or point an OTLP exporter at `tokentrace serve`")
+        return
+    print(render(rows, EFFICIENCY_TABLE))
+
+
+def _print_sixty_day(stats: dict[str, Any]) -> None:
+    o = stats["overall"]
+    print(f"Last 60 days (raw spans kept {stats['retention_window_days']} days)")
+    print(f"  measurements {o['total_measurements']:,}   models {o['unique_models']}   tokens {o['total_tokens']:,}")
+    print(f"  oldest {o['oldest_record'] or '-'}   newest {o['newest_record'] or '-'}")
+    if stats["model_trends"]:
+        print(render(stats["model_trends"], TRENDS_TABLE))
+
+
+def _print_footprint(foot: dict[str, Any]) -> None:
+    print(f"Database footprint: tokentrace {foot['total_size']} (whole database {foot['database_bytes']:,} bytes)")
+    print(f"  oldest span {foot['oldest_span'] or '-'}")
+    print(render(foot["relations"], FOOTPRINT_TABLE))
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    dsn = _dsn(args)
+    _ensure_schema(dsn)
+    days = retention_days(args.retention_days)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        removed = conn.execute(
+            "SELECT partition_name, day, spans FROM tokentrace.prune(%s)", (dt.timedelta(days=days),)
+        ).fetchall()
+    total = sum(int(r[2]) for r in removed)
+    if args.json:
+        _print_json({"status": "success", "retention_days": days, "removed": [
+            {"partition": r[0], "day": r[1].isoformat(), "spans": r[2]} for r in removed
+        ], "spans_removed": total})
+        return 0
+    print(f"pruned {len(removed)} day partition(s), {total:,} span(s) older than {days} days")
+    for name, day, spans in removed:
+        print(f"  {name}  {day}  {spans:,} spans")
+    return 0
+
+
+def _psql_binary() -> str:
+    found = shutil.which("psql")
+    if found:
+        return found
+    from tokentrace.store.embedded import psql_path
+
+    return psql_path()
+
+
+def cmd_psql(args: argparse.Namespace) -> int:
+    dsn = _dsn(args)
+    _ensure_schema(dsn)
+    extra = list(args.psql_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    command = [_psql_binary(), *extra, *([dsn] if dsn else [])]
+    env = dict(os.environ)
+    env.setdefault("PGOPTIONS", "-c search_path=tokentrace,public")
+    return subprocess.call(command, env=env)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tokentrace.demo import run_demo
+
+    dsn = _dsn(args)
+    run_demo(dsn, calls_per_model=args.calls, seed=args.seed)
+    print()
+    with reports.report_connection(dsn) as conn:
+        _print_efficiency(reports.efficiency(conn, 24, None), 24, None)
+        print()
+        _print_sixty_day(reports.sixty_day(conn))
+        print()
+        _print_footprint(reports.footprint(conn))
+    print("\nNext: `tokentrace serve` and open http://127.0.0.1:4318/ , or `tokentrace psql`.")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tokentrace.receiver import cli as receiver_cli
+
+    return receiver_cli.run(args)
+
+
+# --- parser ---------------------------------------------------------------------
+def _positive_float(text: str) -> float:
+    try:
+        return reports.check_hours(text)
+    except reports.ReportError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _add_dsn(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dsn",
+        metavar="DSN",
+        help="PostgreSQL connection string (default: $TOKENTRACE_DSN, then PG* variables, "
+        "then the embedded server)",
+    )
+
+
+def _report_parser(sub: Any) -> None:
+    p = sub.add_parser("report", help="print a report", description="Print one of the reports.")
+    p.add_argument("report", choices=("efficiency", "60day", "footprint"), help="which report")
+    p.add_argument("--hours", type=_positive_float, default=24.0, help="efficiency window in hours (default 24)")
+    p.add_argument("--model", help="only this model (efficiency report)")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON instead of a table")
+    _add_dsn(p)
+    p.set_defaults(func=cmd_report)
+
+
+def _serve_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="receive OTLP spans (gRPC :4317, HTTP :4318) and serve the reports",
+        description="Run the OTLP receiver (gRPC and HTTP) and the HTTP reports and dashboard.",
+    )
+    try:
+        from tokentrace.receiver import cli as receiver_cli
+    except ImportError:  # pragma: no cover - receiver missing from a broken install
+        return
+    receiver_cli.add_arguments(p)
+    if not any(a.dest == "dsn" for a in p._actions):
+        _add_dsn(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tokentrace import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tokentrace",
+        description="Token-aware telemetry for LLM model serving: ms/token per model, "
+        "from OpenTelemetry spans stored in PostgreSQL.",
+        epilog="Database: --dsn, else $TOKENTRACE_DSN, else PG* variables, else an embedded "
+        "PostgreSQL in $TOKENTRACE_DATA_DIR. See `tokentrace COMMAND --help`.",
+    )
+    parser.add_argument("--version", action="version", version=f"tokentrace {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo", help="simulate a fleet of models and print the reports",
+                       description="Send a simulated fleet's spans through the real processor and "
+                       "exporter into the database, then print the three reports.")
+    p.add_argument("--calls", type=_positive_int, default=60, help="inference calls per model (default 60)")
+    p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    _add_dsn(p)
+    p.set_defaults(func=cmd_demo)
+
+    _serve_parser(sub)
+    _report_parser(sub)
+
+    p = sub.add_parser("prune", help="drop raw spans older than the retention window",
+                       description="Drop whole day partitions older than the retention window.")
+    p.add_argument("--retention-days", type=_positive_int, default=None,
+                   help="days to keep (default: $TOKENTRACE_RETENTION_DAYS or 60)")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    _add_dsn(p)
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("migrate", help="create or upgrade the schema",
+                       description="Apply the numbered SQL migrations that are missing (safe to repeat).")
+    p.add_argument("--retention-days", type=_positive_int, default=None,
+                   help="retention window the reports state (default: $TOKENTRACE_RETENTION_DAYS or 60)")
+    _add_dsn(p)
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("psql", help="open psql on the store", description="Open psql on the store; "
+                       "extra arguments go to psql (e.g. tokentrace psql -- -c 'select 1').")
+    p.add_argument("psql_args", nargs=argparse.REMAINDER, help="arguments for psql")
+    _add_dsn(p)
+    p.set_defaults(func=cmd_psql)
+    return parser
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pgserver narrates every pg_ctl call at INFO; keep it for -vv.
+    logging.getLogger("pgserver").setLevel(logging.INFO if verbosity > 1 else logging.WARNING)
+    logging.getLogger("tokentrace").setLevel(min(level, logging.INFO))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ConfigError as exc:
+        print(f"tokentrace: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except reports.ReportError as exc:
+        print(f"tokentrace: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.OperationalError as exc:
+        print(f"tokentrace: cannot reach PostgreSQL: {redact(str(exc)).strip()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""From decoded spans to committed rows: the receiver's one path into the store.
+
+Both protocols call :meth:`Ingestor.store` with what :mod:`.decode` read. It builds
+each row with :func:`~tokentrace.store.rows.build_row` — the same normalize and
+derive steps the in-process exporter uses — and hands the batch to the shared
+:class:`~tokentrace.store.writer.SpanWriter`, which commits it in one transaction
+and skips spans already stored (so a client's retry of the same request stores
+nothing twice). :meth:`~Ingestor.store` returns only after the commit.
+
+Spans refused on the way — by the decoder, by ``build_row`` (:class:`RowError`) or
+by PostgreSQL — are counted with their reasons in :class:`ExportOutcome`; the rest
+of the request is stored. A database that cannot be reached raises
+:class:`Unavailable` (retryable for the client). :meth:`~Ingestor.admitted` bounds
+the number of requests in progress and raises :class:`Overloaded` beyond it.
+
+This module also holds the bearer-token check both protocols use.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import psycopg
+
+from tokentrace.receiver.decode import Decoded, Rejection
+from tokentrace.store.rows import BuiltRow, RowError, SpanData, build_row
+from tokentrace.store.writer import SpanWriter
+
+_log = logging.getLogger(__name__)
+_SHOWN_REASONS = 5
+# Errors that mean "the database is not there right now", not "this data is bad".
+_UNAVAILABLE = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    psycopg.errors.ReadOnlySqlTransaction,  # a replica or a fail-over in progress
+)
+
+
+class Unavailable(Exception):
+    """The database cannot be reached; the client should retry later."""
+
+
+class Overloaded(Exception):
+    """Too many requests in progress; the client should retry later."""
+
+
+class StorageError(Exception):
+    """The database refused the batch for a reason that is not the client's data."""
+
+
+@dataclass(slots=True)
+class ExportOutcome:
+    """What became of one export request."""
+
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+
+    @property
+    def rejected_count(self) -> int:
+        return len(self.rejected)
+
+    def error_message(self) -> str:
+        """Why spans were refused (for ``partial_success.error_message``); empty if none were."""
+        if not self.rejected:
+            return ""
+        reasons = "; ".join(r.describe() for r in self.rejected[:_SHOWN_REASONS])
+        more = len(self.rejected) - _SHOWN_REASONS
+        tail = f"; and {more} more" if more > 0 else ""
+        return f"{len(self.rejected)} of {self.received} spans rejected: {reasons}{tail}"
+
+
+def authorized(header: str | None, token: str | None) -> bool:
+    """True when no token is configured, or ``header`` is ``Bearer <token>``.
+
+    Compared in constant time, so the time taken says nothing about the token.
+    """
+    if token is None:
+        return True
+    if header is None:
+        return False
+    scheme, _, credentials = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(credentials.strip().encode(), token.encode())
+
+
+def _ids(span: SpanData) -> tuple[str, str]:
+    return span.trace_id.hex(), span.span_id.hex()
+
+
+class Ingestor:
+    """Stores decoded export requests; shared by the gRPC and HTTP servers (thread-safe)."""
+
+    def __init__(self, writer: SpanWriter, *, max_value_chars: int, max_inflight: int) -> None:
+        self._writer = writer
+        self._max_value_chars = max_value_chars
+        self._slots = threading.BoundedSemaphore(max_inflight)
+        self._counts_lock = threading.Lock()
+        self.spans_stored = 0
+        self.spans_rejected = 0
+
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Hold one of the in-progress slots, or raise :class:`Overloaded` if none is free."""
+        if not self._slots.acquire(blocking=False):
+            raise Overloaded("too many export requests in progress")
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def store(self, decoded: Decoded) -> ExportOutcome:
+        """Build and commit the rows of ``decoded``; returns after the commit."""
+        outcome = ExportOutcome(received=decoded.total, rejected=list(decoded.rejected))
+        rows, sources = self._build(decoded.spans, outcome)
+        if rows:
+            self._write(rows, sources, outcome)
+        with self._counts_lock:
+            self.spans_stored += outcome.stored
+            self.spans_rejected += outcome.rejected_count
+        if outcome.rejected:
+            _log.info("export request: %s", outcome.error_message())
+        return outcome
+
+    def _build(self, spans: list[SpanData], outcome: ExportOutcome) -> tuple[list[BuiltRow], list[SpanData]]:
+        rows: list[BuiltRow] = []
+        sources: list[SpanData] = []
+        limit = self._max_value_chars
+        for span in spans:
+            try:
+                row = build_row(span, limit)
+            except RowError as exc:
+                outcome.rejected.append(Rejection(*_ids(span), str(exc)))
+                continue
+            if row.problems:
+                _log.debug("span %s/%s stored altered: %s", *_ids(span), "; ".join(row.problems))
+            rows.append(row)
+            sources.append(span)
+        return rows, sources
+
+    def _write(self, rows: list[BuiltRow], sources: list[SpanData], outcome: ExportOutcome) -> None:
+        try:
+            result = self._writer.write(rows)
+        except _UNAVAILABLE as exc:
+            raise Unavailable(_first_line(exc)) from exc
+        except psycopg.Error as exc:
+            _log.exception("the database refused a batch of %d spans", len(rows))
+            raise StorageError(_first_line(exc)) from exc
+        for index, reason in result.rejected:
+            outcome.rejected.append(Rejection(*_ids(sources[index]), f"refused by PostgreSQL: {reason}"))
+        outcome.stored = result.inserted
+        outcome.duplicates = result.duplicates
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

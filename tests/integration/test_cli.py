@@ -1,0 +1,121 @@
+"""The `tokentrace` command line, run as a user would (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import query
+from tokentrace.demo import run_demo
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tokentrace(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tokentrace", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_demo_then_reports(db: str, subprocess_env: dict[str, str]) -> None:
+    out = tokentrace(subprocess_env, "demo", "--calls", "20")
+    assert out.returncode == 0, out.stderr
+    assert "Efficiency over the last 24 h" in out.stdout
+    for model in ("llama3.2:3b", "qwen2.5:7b", "mistral:7b-instruct", "llama3.1:70b"):
+        assert model in out.stdout
+    assert "Database footprint" in out.stdout and "Last 60 days" in out.stdout
+    assert "240/240" not in out.stderr and "80/80" in out.stderr  # progress shown
+    assert query(db, "SELECT count(*), count(*) FILTER (WHERE status = 'ERROR') FROM tokentrace.spans") == [(84, 1)]
+
+    eff = tokentrace(subprocess_env, "report", "efficiency", "--json", "--hours", "12")
+    assert eff.returncode == 0, eff.stderr
+    payload = json.loads(eff.stdout)
+    assert payload["status"] == "success" and payload["hours"] == 12.0
+    rows = {r["model"]: r for r in payload["efficiency"]}
+    assert set(rows) == {"llama3.2:3b", "qwen2.5:7b", "mistral:7b-instruct", "llama3.1:70b"}
+    assert rows["llama3.2:3b"]["weighted_ms_per_token"] < rows["llama3.1:70b"]["weighted_ms_per_token"]
+    assert sum(r["loads"] for r in rows.values()) == 4
+    assert sum(r["errors"] for r in rows.values()) == 1
+
+    one = json.loads(tokentrace(subprocess_env, "report", "efficiency", "--json", "--model", "qwen2.5:7b").stdout)
+    assert [r["model"] for r in one["efficiency"]] == ["qwen2.5:7b"]
+
+    stats = json.loads(tokentrace(subprocess_env, "report", "60day", "--json").stdout)
+    assert stats["status"] == "success"
+    assert stats["statistics"]["overall"]["total_measurements"] == 84
+    assert stats["statistics"]["retention_window_days"] == 60
+    assert len(stats["statistics"]["model_trends"]) == 4
+
+    foot = json.loads(tokentrace(subprocess_env, "report", "footprint", "--json").stdout)
+    assert foot["status"] == "success"
+    relations = {r["relation"]: r for r in foot["footprint"]["relations"]}
+    assert relations["spans"]["total_bytes"] > 0
+    assert foot["footprint"]["oldest_span"] is not None
+
+
+def test_human_reports_and_empty_state(db: str, subprocess_env: dict[str, str]) -> None:
+    out = tokentrace(subprocess_env, "report", "efficiency")
+    assert out.returncode == 0, out.stderr
+    assert "no spans in this window" in out.stdout
+    run_demo(db, calls_per_model=5)
+    out = tokentrace(subprocess_env, "report", "efficiency", "--hours", "24")
+    assert "ms/tok" in out.stdout and "llama3.1:70b" in out.stdout
+
+
+@pytest.mark.parametrize("hours", ["0", "-3", "soon", "nan", "1e9"])
+def test_bad_hours_is_a_clear_usage_error(subprocess_env: dict[str, str], hours: str) -> None:
+    out = tokentrace(subprocess_env, "report", "efficiency", "--hours", hours)
+    assert out.returncode == 2
+    assert "hours must be" in out.stderr
+
+
+def test_bad_environment_value_names_the_variable(db: str, subprocess_env: dict[str, str]) -> None:
+    subprocess_env["TOKENTRACE_RETENTION_DAYS"] = "forever"
+    out = tokentrace(subprocess_env, "prune")
+    assert out.returncode == 2
+    assert "TOKENTRACE_RETENTION_DAYS='forever' is not an integer" in out.stderr
+
+
+def test_unreachable_database_is_one_clear_line_without_password(subprocess_env: dict[str, str]) -> None:
+    subprocess_env["TOKENTRACE_DSN"] = "postgresql://bob:topsecret@127.0.0.1:1/x?connect_timeout=2"
+    out = tokentrace(subprocess_env, "report", "footprint")
+    assert out.returncode == 1
+    assert out.stderr.startswith("tokentrace: cannot reach PostgreSQL:")
+    assert "topsecret" not in out.stderr + out.stdout
+
+
+def test_help_explains_the_database_choice() -> None:
+    out = subprocess.run([sys.executable, "-m", "tokentrace", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "TOKENTRACE_DSN" in out.stdout
+    for command in ("demo", "serve", "report", "prune", "migrate", "psql"):
+        assert command in out.stdout
+
+
+def test_psql_opens_on_the_store(db: str, subprocess_env: dict[str, str]) -> None:
+    out = tokentrace(subprocess_env, "psql", "--", "-At", "-c", "SELECT count(*) FROM efficiency_24h")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"
+
+
+@pytest.mark.slow
+def test_demo_in_a_fresh_virtual_environment(tmp_path: Path) -> None:
+    """The README's first command, as a new user runs it: install, then `tokentrace demo`."""
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", str(ROOT)],
+                             capture_output=True, text=True, timeout=900)
+    assert install.returncode == 0, install.stderr[-3000:]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "TOKENTRACE_"))}
+    env["TOKENTRACE_DATA_DIR"] = str(tmp_path / "data")
+    demo = subprocess.run([str(env_dir / "bin" / "tokentrace"), "demo"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert "Efficiency over the last 24 h" in demo.stdout
+    assert "llama3.1:70b" in demo.stdout

@@ -1,0 +1,147 @@
+"""Migrations, pruning and a database that goes away, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests import pgcontrol
+from tests.helpers import query
+from tokentrace.exporter import PostgresSpanExporter
+from tokentrace.store.embedded import embedded_dsn
+from tokentrace.store.migrate import available, migrate
+
+SEC = 1_000_000_000
+
+
+def _spans(n: int, start_ns: int, model: str = "m") -> list:  # type: ignore[type-arg]
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    for i in range(n):
+        s = provider.get_tracer("t").start_span(
+            f"{model}-{i}", start_time=start_ns + i, attributes={"gen_ai.request.model": model, "gen_ai.usage.output_tokens": 10}
+        )
+        s.end(end_time=start_ns + i + SEC)
+    return list(memory.get_finished_spans())
+
+
+@pytest.fixture
+def fresh_db(dsn: str) -> Iterator[str]:
+    """An empty database (no schema) on the test server."""
+    name = "tt_fresh"
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    info["dbname"] = name
+    yield psycopg.conninfo.make_conninfo(**info)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_migrate_twice_applies_once(fresh_db: str) -> None:
+    assert migrate(fresh_db) == [m.name for m in available()]
+    assert migrate(fresh_db) == []
+    versions = query(fresh_db, "SELECT version FROM tokentrace.schema_migrations ORDER BY 1")
+    assert [v[0] for v in versions] == [m.version for m in available()]
+
+
+def test_migrate_from_two_processes_at_once(fresh_db: str, subprocess_env: dict[str, str]) -> None:
+    subprocess_env["TOKENTRACE_DSN"] = fresh_db
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "tokentrace", "migrate"], env=subprocess_env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    applied = [out for out, _ in outputs if out.startswith("applied")]
+    assert len(applied) == 1, outputs
+    assert query(fresh_db, "SELECT count(*) FROM tokentrace.schema_migrations") == [(len(available()),)]
+
+
+def test_prune_at_the_60_day_boundary(db: str) -> None:
+    now = int(dt.datetime.now(dt.timezone.utc).timestamp() * SEC)
+    day = 86_400 * SEC
+    exporter = PostgresSpanExporter(db)
+    assert exporter.export(_spans(3, now - 61 * day, "old")) == SpanExportResult.SUCCESS
+    assert exporter.export(_spans(2, now - 59 * day, "kept")) == SpanExportResult.SUCCESS
+    assert exporter.export(_spans(1, now, "today")) == SpanExportResult.SUCCESS
+    exporter.shutdown()
+    old_day = dt.datetime.fromtimestamp((now - 61 * day) / SEC, dt.timezone.utc).date()
+
+    removed = query(db, "SELECT partition_name, day, spans FROM tokentrace.prune('60 days')")
+    assert removed == [(f"spans_{old_day:%Y%m%d}", old_day, 3)]
+    models = query(db, "SELECT model, count(*) FROM tokentrace.spans GROUP BY 1 ORDER BY 1")
+    assert models == [("kept", 2), ("today", 1)]
+    assert query(db, "SELECT count(*) FROM tokentrace.prune('60 days')") == [(0,)]
+    with pytest.raises(psycopg.errors.RaiseException, match="at least 1 day"):
+        query(db, "SELECT * FROM tokentrace.prune('1 hour')")
+
+
+def test_prune_cli(db: str, subprocess_env: dict[str, str]) -> None:
+    now = int(dt.datetime.now(dt.timezone.utc).timestamp() * SEC)
+    exporter = PostgresSpanExporter(db)
+    exporter.export(_spans(4, now - 40 * 86_400 * SEC, "cli-old"))
+    exporter.shutdown()
+    out = subprocess.run([sys.executable, "-m", "tokentrace", "prune", "--retention-days", "30"],
+                         env=subprocess_env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "pruned 1 day partition(s), 4 span(s) older than 30 days" in out.stdout
+    assert query(db, "SELECT count(*) FROM tokentrace.spans") == [(0,)]
+
+
+def test_database_down_then_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data_dir = tmp_path / "own-pg"
+    dsn = embedded_dsn(data_dir)
+    exporter = PostgresSpanExporter(dsn)
+    now = int(dt.datetime.now(dt.timezone.utc).timestamp() * SEC)
+    assert exporter.export(_spans(5, now, "before")) == SpanExportResult.SUCCESS
+
+    caplog.set_level(logging.ERROR, logger="tokentrace")
+    pgcontrol.stop(data_dir)
+    try:
+        assert exporter.export(_spans(5, now + SEC, "during")) == SpanExportResult.FAILURE
+        assert exporter.export(_spans(5, now + 2 * SEC, "during2")) == SpanExportResult.FAILURE
+    finally:
+        pgcontrol.start(data_dir)
+    failures = [r for r in caplog.records if "exporting spans to PostgreSQL failed" in r.getMessage()]
+    assert len(failures) == 1, [r.getMessage() for r in failures]  # logged once, not per batch
+
+    assert exporter.export(_spans(5, now + 3 * SEC, "after")) == SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert query(dsn, "SELECT model, count(*) FROM tokentrace.spans GROUP BY 1 ORDER BY 1") == [
+        ("after", 5), ("before", 5)
+    ]
+
+
+def test_unreachable_database_never_raises_and_hides_the_password(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="tokentrace")
+    exporter = PostgresSpanExporter("postgresql://alice:hunter2@127.0.0.1:1/nowhere?connect_timeout=2")
+    assert exporter.export(_spans(2, 1_700_000_000 * SEC)) == SpanExportResult.FAILURE
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "exporting spans to PostgreSQL failed" in text
+    assert "hunter2" not in text
+    exporter.shutdown()
+
+
+def test_writer_recreates_a_partition_dropped_behind_its_back(db: str) -> None:
+    now = int(dt.datetime.now(dt.timezone.utc).timestamp() * SEC)
+    exporter = PostgresSpanExporter(db)
+    assert exporter.export(_spans(2, now - 90 * 86_400 * SEC, "late-a")) == SpanExportResult.SUCCESS
+    query(db, "SELECT * FROM tokentrace.prune('60 days')")
+    # Same day again (a late batch): the writer's cache says the partition exists.
+    assert exporter.export(_spans(2, now - 90 * 86_400 * SEC + 5 * SEC, "late-b")) == SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert query(db, "SELECT model, count(*) FROM tokentrace.spans GROUP BY 1") == [("late-b", 2)]
