@@ -17,19 +17,20 @@ from __future__ import annotations
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.util.types import AttributeValue
 
 from tokentrace.dialects import normalize
 from tokentrace.efficiency import derive
 
 
-def _with_attributes(span: ReadableSpan, extra: dict[str, object]) -> ReadableSpan:
+def _with_attributes(span: ReadableSpan, extra: dict[str, AttributeValue]) -> ReadableSpan:
     # A shallow copy is an order of magnitude cheaper than ReadableSpan.__init__ and
     # keeps every field (events, links, dropped counts) exactly as the SDK set it.
     copy = ReadableSpan.__new__(type(span))
     copy.__dict__.update(span.__dict__)
-    merged = dict(span.attributes or {})
+    merged: dict[str, AttributeValue] = dict(span.attributes or {})
     merged.update(extra)
-    copy._attributes = merged  # type: ignore[assignment]
+    copy._attributes = merged
     return copy
 
 

@@ -29,10 +29,8 @@ from tokentrace.exporter.spans import span_data
 from tokentrace.store.rows import BuiltRow, RowError, build_row
 from tokentrace.store.writer import SpanWriter, WriteResult
 
-try:  # the key the contrib instrumentations honour
-    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-except ImportError:  # pragma: no cover - older API
-    _SUPPRESS_INSTRUMENTATION_KEY = "suppress_instrumentation"  # type: ignore[assignment]
+# The context key the contrib instrumentations honour (psycopg's among them).
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 
 _log = logging.getLogger(__name__)
 
