@@ -188,7 +188,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tokentrace.demo import run_demo
 
     dsn = _dsn(args)
-    run_demo(dsn, calls_per_model=args.calls, seed=args.seed)
+    run_demo(dsn, calls_per_model=args.calls, seed=args.seed, history_days=args.history_days)
     print()
     with reports.report_connection(dsn) as conn:
         _print_efficiency(reports.efficiency(conn, 24, None), 24, None)
@@ -277,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Send a simulated fleet's spans through the real processor and "
                        "exporter into the database, then print the three reports.")
     p.add_argument("--calls", type=_positive_int, default=60, help="inference calls per model (default 60)")
+    p.add_argument("--history-days", type=int, default=14,
+                   help="days of lighter traffic before the last hours (default 14; 0 for none)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     _add_dsn(p)
     p.set_defaults(func=cmd_demo)

@@ -1,8 +1,10 @@
 """``tokentrace demo``: a simulated fleet, through the real pipeline.
 
-Four models of different speeds each take a cold load, then serve calls spread
-over the last few hours, with Ollama-style server timings (prefill and decode) on
-each call and one call that fails. The spans are real OpenTelemetry spans with
+Four models of different speeds serve calls over the last two weeks (a cold load
+first, and another cold load before the last few hours of traffic), with
+Ollama-style server timings (prefill and decode) on each call and one call that
+fails. One model has become slower in the last hours, so the trend reports show a
+regression against its baseline. The spans are real OpenTelemetry spans with
 explicit timestamps (nothing sleeps), sent through
 :class:`~tokentrace.processor.TokenEfficiencySpanProcessor`, a
 ``BatchSpanProcessor`` and :class:`~tokentrace.exporter.PostgresSpanExporter` into
@@ -33,11 +35,12 @@ class SimModel:
     decode_ms: float  # per output token
     prefill_ms: float  # per input token
     load_s: float  # cold load
+    recent_slowdown: float = 1.0  # > 1: slower in the last hours than in its history
 
 
 FLEET = (
     SimModel("llama3.2:3b", "ollama", decode_ms=11.0, prefill_ms=0.6, load_s=1.8),
-    SimModel("qwen2.5:7b", "ollama", decode_ms=24.0, prefill_ms=1.2, load_s=3.5),
+    SimModel("qwen2.5:7b", "ollama", decode_ms=24.0, prefill_ms=1.2, load_s=3.5, recent_slowdown=1.3),
     SimModel("mistral:7b-instruct", "vllm", decode_ms=19.0, prefill_ms=0.9, load_s=4.2),
     SimModel("llama3.1:70b", "ollama", decode_ms=85.0, prefill_ms=4.0, load_s=21.0),
 )
@@ -68,10 +71,12 @@ def _load(tracer: Tracer, model: SimModel, start_ns: int, rng: random.Random) ->
     return start_ns + duration
 
 
-def _call(tracer: Tracer, model: SimModel, start_ns: int, rng: random.Random, fail: bool) -> None:
+def _call(
+    tracer: Tracer, model: SimModel, start_ns: int, rng: random.Random, fail: bool, slowdown: float
+) -> None:
     prompt = rng.randint(20, 900)
     output = rng.randint(16, 600)
-    jitter = rng.lognormvariate(0, 0.15)
+    jitter = rng.lognormvariate(0, 0.15) * slowdown
     prefill_ns = int(prompt * model.prefill_ms * jitter * 1e6)
     eval_ns = int(output * model.decode_ms * jitter * 1e6)
     overhead_ns = int(rng.uniform(3, 25) * 1e6)
@@ -106,8 +111,30 @@ def _call(tracer: Tracer, model: SimModel, start_ns: int, rng: random.Random, fa
     span.end(end_time=start_ns + prefill_ns + eval_ns + overhead_ns)
 
 
-def run_demo(dsn: str, *, calls_per_model: int = 60, seed: int = 7, hours: float = 6.0) -> int:
-    """Send the simulated fleet's spans to ``dsn``; returns the number of spans sent."""
+def _history(tracer: Tracer, model: SimModel, now: int, days: int, per_day: int, rng: random.Random) -> int:
+    if days <= 0:
+        return 0
+    t = _load(tracer, model, now - days * 86_400 * _NS, rng)
+    for day in range(days, 0, -1):
+        day_start = now - day * 86_400 * _NS
+        for offset in sorted(rng.uniform(0, 86_000) for _ in range(per_day)):
+            _call(tracer, model, max(day_start + int(offset * _NS), t), rng, fail=False, slowdown=1.0)
+    return 1 + days * per_day
+
+
+def run_demo(
+    dsn: str,
+    *,
+    calls_per_model: int = 60,
+    seed: int = 7,
+    hours: float = 6.0,
+    history_days: int = 14,
+) -> int:
+    """Send the simulated fleet's spans to ``dsn``; returns the number of spans sent.
+
+    Each model gets ``calls_per_model`` calls over the last ``hours`` (after a cold
+    load), and before that ``history_days`` days of lighter traffic.
+    """
     rng = random.Random(seed)
     processor = default_span_processor(dsn)
     provider = TracerProvider(
@@ -120,20 +147,25 @@ def run_demo(dsn: str, *, calls_per_model: int = 60, seed: int = 7, hours: float
     total = len(FLEET) * calls_per_model
     sent = done = 0
     failing = (rng.randrange(len(FLEET)), rng.randrange(calls_per_model))
-    print(f"Simulating {len(FLEET)} models, {calls_per_model} calls each, over the last {hours:g} hours")
+    print(
+        f"Simulating {len(FLEET)} models: {calls_per_model} calls each over the last {hours:g} hours"
+        + (f", after {history_days} days of history" if history_days > 0 else "")
+    )
     for m_index, model in enumerate(FLEET):
+        sent += _history(tracer, model, now - window, history_days, 8, rng)
         t = now - window + rng.randint(0, 600) * _NS
         t = _load(tracer, model, t, rng)
         sent += 1
         step = window // (calls_per_model + 1)
         for c_index in range(calls_per_model):
             t += int(step * rng.uniform(0.5, 1.0))
-            _call(tracer, model, t, rng, fail=(m_index, c_index) == failing)
+            fail = (m_index, c_index) == failing
+            _call(tracer, model, t, rng, fail=fail, slowdown=model.recent_slowdown)
             sent += 1
             done += 1
             if done % 10 == 0 or done == total:
                 _progress(done, total, model.name)
     print("Exporting spans to PostgreSQL ...", end=" ", flush=True)
     provider.shutdown()
-    print(f"done: {sent} spans ({total} inference calls, {len(FLEET)} cold loads, 1 failure)")
+    print(f"done: {sent} spans, 1 failed call")
     return sent

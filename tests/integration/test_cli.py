@@ -23,7 +23,7 @@ def tokentrace(env: dict[str, str], *args: str, timeout: float = 180) -> subproc
 
 
 def test_demo_then_reports(db: str, subprocess_env: dict[str, str]) -> None:
-    out = tokentrace(subprocess_env, "demo", "--calls", "20")
+    out = tokentrace(subprocess_env, "demo", "--calls", "20", "--history-days", "0")
     assert out.returncode == 0, out.stderr
     assert "Efficiency over the last 24 h" in out.stdout
     for model in ("llama3.2:3b", "qwen2.5:7b", "mistral:7b-instruct", "llama3.1:70b"):
@@ -62,7 +62,7 @@ def test_human_reports_and_empty_state(db: str, subprocess_env: dict[str, str]) 
     out = tokentrace(subprocess_env, "report", "efficiency")
     assert out.returncode == 0, out.stderr
     assert "no spans in this window" in out.stdout
-    run_demo(db, calls_per_model=5)
+    run_demo(db, calls_per_model=5, history_days=2)
     out = tokentrace(subprocess_env, "report", "efficiency", "--hours", "24")
     assert "ms/tok" in out.stdout and "llama3.1:70b" in out.stdout
 
