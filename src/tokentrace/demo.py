@@ -156,9 +156,10 @@ def run_demo(
         t = now - window + rng.randint(0, 600) * _NS
         t = _load(tracer, model, t, rng)
         sent += 1
-        step = window // (calls_per_model + 1)
+        step = (now - t) // (calls_per_model + 1)
         for c_index in range(calls_per_model):
-            t += int(step * rng.uniform(0.5, 1.0))
+            # Evenly spread up to the present, so even a 1-hour window has traffic.
+            t += int(step * rng.uniform(0.8, 1.2))
             fail = (m_index, c_index) == failing
             _call(tracer, model, t, rng, fail=fail, slowdown=model.recent_slowdown)
             sent += 1

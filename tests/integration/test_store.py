@@ -119,11 +119,15 @@ def test_database_down_then_back(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     failures = [r for r in caplog.records if "exporting spans to PostgreSQL failed" in r.getMessage()]
     assert len(failures) == 1, [r.getMessage() for r in failures]  # logged once, not per batch
 
-    assert exporter.export(_spans(5, now + 3 * SEC, "after")) == SpanExportResult.SUCCESS
-    exporter.shutdown()
-    assert query(dsn, "SELECT model, count(*) FROM tokentrace.spans GROUP BY 1 ORDER BY 1") == [
-        ("after", 5), ("before", 5)
-    ]
+    try:
+        assert exporter.export(_spans(5, now + 3 * SEC, "after")) == SpanExportResult.SUCCESS
+        exporter.shutdown()
+        assert query(dsn, "SELECT model, count(*) FROM tokentrace.spans GROUP BY 1 ORDER BY 1") == [
+            ("after", 5), ("before", 5)
+        ]
+    finally:
+        # pgserver only stops the server process it started itself, not this restarted one.
+        pgcontrol.stop(data_dir)
 
 
 def test_unreachable_database_never_raises_and_hides_the_password(caplog: pytest.LogCaptureFixture) -> None:
