@@ -26,7 +26,7 @@ processor
 Every phase runs in a fresh child process, so one phase's memory, threads and
 interpreter state do not colour the next. Usage::
 
-    python bench/bench_export.py            # full run, about 6 minutes
+    python bench/bench_export.py            # full run: 5-8 minutes
     python bench/bench_export.py --quick    # smoke run, well under a minute
     python bench/bench_export.py --dsn postgresql://...   # an existing server
 
@@ -52,6 +52,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from opentelemetry.sdk.trace import SpanProcessor
 
 TARGET_PEAK = 20_000.0
 STEADY_RATE = 15_000
@@ -124,8 +126,8 @@ class SpanMaker:
         self.created = base + count
 
 
-class NoopProcessor:
-    """A processor that does nothing (the SpanProcessor interface, duck-typed)."""
+class NoopProcessor(SpanProcessor):
+    """A processor that does nothing."""
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         pass
@@ -217,16 +219,24 @@ def phase_copy(dsn: str, n: int, batch: int) -> dict[str, Any]:
         conn.execute("SELECT tokentrace.ensure_partitions(%s::date[])", (days,))
         conn.commit()
         gc.collect()
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         for first in range(0, n, batch):
             with conn.cursor() as cur, cur.copy(statement) as copy:
                 copy.set_types(list(COLUMN_TYPES))
-                for values in tuples[first : first + batch]:
-                    copy.write_row(values)
+                for row in tuples[first : first + batch]:
+                    copy.write_row(row)
             conn.commit()
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
     stored = count_rows(dsn)
-    return {"spans": n, "stored": stored, "seconds": elapsed, "rate": stored / elapsed}
+    return {
+        "spans": n,
+        "stored": stored,
+        "seconds": elapsed,
+        "rate": stored / elapsed,
+        "cpu_us_per_span": cpu / n * 1e6,
+    }
 
 
 class NaiveInsertExporter:
@@ -271,20 +281,67 @@ class NaiveInsertExporter:
         return True
 
 
+class DiscardingExporter:
+    """Accepts every batch and stores nothing: the SDK's own ceiling in this process."""
+
+    def __init__(self) -> None:
+        self.exported = 0
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        self.exported += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+class GcClock:
+    """CPU time the cyclic garbage collector takes, by generation (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.runs = [0, 0, 0]
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.thread_time()
+        else:
+            generation = info["generation"]
+            self.runs[generation] += 1
+            self.seconds[generation] += time.thread_time() - self._started
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._callback)
+
+
 def phase_peak(dsn: str, n: int, pipeline: str) -> dict[str, Any]:
-    """Create ``n`` spans as fast as one thread can; time until all are committed."""
+    """Create ``n`` spans as fast as one thread can; time until all are committed.
+
+    ``pipeline``: ``tokentrace`` (``default_span_processor``), ``naive`` (an INSERT
+    per span behind the same processor and batch settings) or ``discard`` (the same
+    again with an exporter that stores nothing: what the SDK alone costs).
+    """
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     from tokentrace import pipeline as tt_pipeline
     from tokentrace.processor import TokenEfficiencySpanProcessor
 
     reset_table(dsn)
+    discard = DiscardingExporter()
     if pipeline == "tokentrace":
         processor = tt_pipeline.default_span_processor(dsn)
-    else:  # the naive exporter, behind the same processor and batch settings
+    else:
+        exporter = NaiveInsertExporter(dsn) if pipeline == "naive" else discard
         processor = TokenEfficiencySpanProcessor(
             BatchSpanProcessor(
-                NaiveInsertExporter(dsn),  # type: ignore[arg-type]
+                exporter,  # type: ignore[arg-type]
                 max_queue_size=tt_pipeline.DEFAULT_MAX_QUEUE_SIZE,
                 max_export_batch_size=tt_pipeline.DEFAULT_BATCH_SIZE,
                 schedule_delay_millis=tt_pipeline.DEFAULT_SCHEDULE_DELAY_MS,
@@ -297,20 +354,28 @@ def phase_peak(dsn: str, n: int, pipeline: str) -> dict[str, Any]:
     provider.force_flush()
     reset_table(dsn)
     maker.created = 0
+    discard.exported = 0
     gc.collect()
+    clock = GcClock()
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     maker.make(n)
     produced = time.perf_counter() - t0
     provider.force_flush()
     elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    clock.stop()
     provider.shutdown()
-    stored = count_rows(dsn)
+    stored = discard.exported if pipeline == "discard" else count_rows(dsn)
     return {
         "spans": n,
         "stored": stored,
         "seconds": elapsed,
         "rate": stored / elapsed,
         "create_rate": n / produced,
+        "cpu_us_per_span": cpu / n * 1e6,
+        "gc_us_per_span": sum(clock.seconds) / n * 1e6,
+        "gc_runs": clock.runs,
     }
 
 
@@ -446,14 +511,19 @@ def phase_queue_memory(count: int) -> dict[str, Any]:
 
 
 def phase_processor(n: int, runs: int) -> dict[str, Any]:
-    """µs per span: processor wrapping a no-op vs the bare SDK with the same no-op."""
+    """µs per span: processor wrapping a no-op vs the bare SDK with the same no-op.
+
+    Timed in CPU time of the creating thread (``time.thread_time``), which other
+    processes on a shared machine disturb far less than wall time; runs are paired
+    and alternate which side goes first.
+    """
     from tokentrace.processor import TokenEfficiencySpanProcessor
 
     def timed(maker: SpanMaker) -> float:
         gc.collect()
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         maker.make(n)
-        return (time.perf_counter() - t0) / n * 1e6
+        return (time.thread_time() - t0) / n * 1e6
 
     bare = SpanMaker(make_provider(NoopProcessor()))
     wrapped = SpanMaker(make_provider(TokenEfficiencySpanProcessor(NoopProcessor())))
@@ -462,16 +532,20 @@ def phase_processor(n: int, runs: int) -> dict[str, Any]:
     for maker in (bare, wrapped, collecting):
         maker.make(2_000)  # warm up
     bare_us, wrapped_us, deferred_us = [], [], []
-    for _ in range(runs):  # interleaved, so drift in machine load hits both alike
-        bare_us.append(timed(bare))
-        wrapped_us.append(timed(wrapped))
+    for run in range(runs):
+        if run % 2:
+            wrapped_us.append(timed(wrapped))
+            bare_us.append(timed(bare))
+        else:
+            bare_us.append(timed(bare))
+            wrapped_us.append(timed(wrapped))
         sink.spans.clear()
         collecting.make(n // 4)
         spans = sink.spans
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         for span in spans:
             span.attributes  # noqa: B018 - the first read derives the figures
-        deferred_us.append((time.perf_counter() - t0) / len(spans) * 1e6)
+        deferred_us.append((time.thread_time() - t0) / len(spans) * 1e6)
     overheads = [w - b for b, w in zip(bare_us, wrapped_us)]
     return {
         "bare_us": bare_us,
@@ -549,65 +623,95 @@ def server_version(dsn: str) -> str:
     return str(row[0]) if row else "?"
 
 
-def benchmark(dsn: str, quick: bool, runs: int) -> dict[str, Any]:
+ALL_PHASES = ("peak", "steady", "processor")
+
+
+def benchmark(dsn: str, quick: bool, runs: int, phases: Sequence[str] = ALL_PHASES) -> dict[str, Any]:
     from tokentrace.pipeline import DEFAULT_BATCH_SIZE
 
-    peak_n = 20_000 if quick else 200_000
-    naive_n = 2_000 if quick else 10_000
+    peak_n = 20_000 if quick else 100_000
+    naive_n = 1_000 if quick else 5_000
     steady_s = 5.0 if quick else 60.0
-    proc_n = 20_000 if quick else 200_000
+    proc_n = 20_000 if quick else 100_000
     results: dict[str, Any] = {"machine": machine(), "postgres": server_version(dsn)}
-    results["copy"] = [run_child("copy", dsn=dsn, n=peak_n, batch=DEFAULT_BATCH_SIZE) for _ in range(runs)]
-    results["peak"] = [run_child("peak", dsn=dsn, n=peak_n, pipeline="tokentrace") for _ in range(runs)]
-    results["naive"] = [run_child("peak", dsn=dsn, n=naive_n, pipeline="naive")]
-    results["steady"] = [
-        run_child("steady", dsn=dsn, seconds=steady_s, rate=STEADY_RATE, settings=s)
-        for s in ("tokentrace", "sdk-default")
-    ]
-    results["queue_memory"] = run_child("queue_memory", count=20_000 if quick else 100_000)
-    results["processor"] = run_child("processor", n=proc_n, runs=max(runs, 5))
+    if "peak" in phases:
+        # Interleaved, so a change in the machine's load hits baseline and pipeline alike.
+        results["copy"], results["peak"] = [], []
+        for _ in range(runs):
+            results["copy"].append(run_child("copy", dsn=dsn, n=peak_n, batch=DEFAULT_BATCH_SIZE))
+            results["peak"].append(run_child("peak", dsn=dsn, n=peak_n, pipeline="tokentrace"))
+        results["naive"] = [run_child("peak", dsn=dsn, n=naive_n, pipeline="naive")]
+        results["discard"] = [run_child("peak", dsn=dsn, n=peak_n, pipeline="discard") for _ in range(runs)]
+    if "steady" in phases:
+        results["steady"] = [
+            run_child("steady", dsn=dsn, seconds=steady_s, rate=STEADY_RATE, settings=s)
+            for s in ("tokentrace", "sdk-default")
+        ]
+        results["queue_memory"] = run_child("queue_memory", count=20_000 if quick else 100_000)
+    if "processor" in phases:
+        results["processor"] = run_child("processor", n=proc_n, runs=5 if quick else 9)
     return results
 
 
 def _median(items: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(item[key] for item in items)
+    return float(statistics.median(item[key] for item in items))
 
 
 def report(r: dict[str, Any]) -> str:
-    copy_rate = _median(r["copy"], "rate")
-    peak_rate = _median(r["peak"], "rate")
-    naive_rate = _median(r["naive"], "rate")
-    ours, sdk = r["steady"]
-    mem = r["queue_memory"]
-    p = r["processor"]
-    runs = len(r["peak"])
     lines = [
         "| measurement | result | same-run baseline | ratio | target | met |",
         "|---|---|---|---|---|---|",
-        f"| peak, committed spans/s (median of {runs}) | {peak_rate:,.0f} "
-        f"| raw COPY {copy_rate:,.0f} | {peak_rate / copy_rate:.2f}× COPY "
-        f"| ≥ {TARGET_PEAK:,.0f} | {'yes' if peak_rate >= TARGET_PEAK else 'NO'} |",
-        f"| peak, naive INSERT-per-span exporter, spans/s | {naive_rate:,.0f} | raw COPY {copy_rate:,.0f} "
-        f"| {naive_rate / copy_rate:.3f}× COPY; ours {peak_rate / naive_rate:.1f}× naive | – | – |",
-        f"| steady {STEADY_RATE:,}/s × {ours['created'] / STEADY_RATE:.0f} s, our defaults "
-        f"(queue {ours['queue']:,}, batch {ours['batch']:,}, delay {ours['delay_ms']:,.0f} ms): dropped "
-        f"| {ours['dropped']:,} of {ours['created']:,} ({ours['dropped_pct']:.1f} %), SDK counter "
-        f"{ours['sdk_queue_full']:,} | SDK defaults: {sdk['dropped']:,} ({sdk['dropped_pct']:.1f} %), "
-        f"SDK counter {sdk['sdk_queue_full']:,} | – | 0 | {'yes' if ours['dropped'] == 0 else 'NO'} |",
-        f"| steady, memory: peak RSS growth, longest queue | {_mib(ours['rss_growth_mib'])}, "
-        f"{ours['longest_queue']:,} spans | SDK defaults: {_mib(sdk['rss_growth_mib'])}, "
-        f"{sdk['longest_queue']:,} spans | – | – | – |",
-        f"| memory per queued span; a full queue of {mem['queue']:,} | {mem['per_span_bytes']:,.0f} B "
-        f"({mem['per_span_bytes_after_read']:,.0f} B once derived); {mem['full_queue_mib']:,.0f} MiB "
-        f"({mem['full_queue_after_read_mib']:,.0f} MiB) | SDK default queue 2,048: "
-        f"{mem['per_span_bytes'] * 2048 / 2**20:.1f} MiB | – | – | – |",
-        f"| processor cost over bare SDK, µs/span (median of {len(p['overhead_us'])}) "
-        f"| {p['overhead_median']:+.2f} ({p['wrapped_median']:.2f} vs {p['bare_median']:.2f}) "
-        f"| bare SDK {p['bare_median']:.2f} | {p['wrapped_median'] / p['bare_median']:.3f}× bare "
-        f"| ≤ {TARGET_OVERHEAD_US} | {'yes' if p['overhead_median'] <= TARGET_OVERHEAD_US else 'NO'} |",
-        f"| derivation deferred to the exporter's first read, µs/span | {p['deferred_median']:.2f} "
-        f"| – | – | – | – |",
     ]
+    if "peak" in r:
+        copy_rate = _median(r["copy"], "rate")
+        peak_rate = _median(r["peak"], "rate")
+        naive_rate = _median(r["naive"], "rate")
+        ceiling = _median(r["discard"], "rate")
+        peak_cpu = _median(r["peak"], "cpu_us_per_span")
+        ceiling_cpu = _median(r["discard"], "cpu_us_per_span")
+        lines += [
+            f"| peak, committed spans/s (median of {len(r['peak'])}) | {peak_rate:,.0f} "
+            f"| raw COPY {copy_rate:,.0f} | {peak_rate / copy_rate:.2f}× COPY "
+            f"| ≥ {TARGET_PEAK:,.0f} | {'yes' if peak_rate >= TARGET_PEAK else 'NO'} |",
+            f"| peak, same pipeline with an exporter that stores nothing, spans/s | {ceiling:,.0f} "
+            f"| – | ours {peak_rate / ceiling:.2f}× that | – | – |",
+            f"| peak, process CPU µs per span (ours; storing nothing; raw COPY) | {peak_cpu:.1f} "
+            f"| {ceiling_cpu:.1f}; {_median(r['copy'], 'cpu_us_per_span'):.1f} "
+            f"| export adds {peak_cpu - ceiling_cpu:.1f} µs | – | – |",
+            f"| peak, naive INSERT-per-span exporter, spans/s | {naive_rate:,.0f} "
+            f"| raw COPY {copy_rate:,.0f} | {naive_rate / copy_rate:.3f}× COPY "
+            f"(ours {peak_rate / naive_rate:.1f}× naive) | – | – |",
+        ]
+    if "steady" in r:
+        ours, sdk = r["steady"]
+        mem = r["queue_memory"]
+        lines += [
+            f"| steady {STEADY_RATE:,}/s × {ours['created'] / STEADY_RATE:.0f} s, our defaults (queue "
+            f"{ours['queue']:,}, batch {ours['batch']:,}, delay {ours['delay_ms']:,.0f} ms): dropped "
+            f"| {ours['dropped']:,} of {ours['created']:,} ({ours['dropped_pct']:.1f} %); SDK counter "
+            f"{ours['sdk_queue_full']:,} | SDK defaults (2,048 / 512 / 5 s): {sdk['dropped']:,} of "
+            f"{sdk['created']:,} ({sdk['dropped_pct']:.1f} %); SDK counter {sdk['sdk_queue_full']:,} "
+            f"| – | 0 | {'yes' if ours['dropped'] == 0 else 'NO'} |",
+            f"| steady, offered rate reached, spans/s | {ours['offered_rate']:,.0f} "
+            f"| SDK defaults: {sdk['offered_rate']:,.0f} | – | {STEADY_RATE:,} | – |",
+            f"| steady, peak RSS growth; longest queue | {_mib(ours['rss_growth_mib'])}; "
+            f"{ours['longest_queue']:,} spans | SDK defaults: {_mib(sdk['rss_growth_mib'])}; "
+            f"{sdk['longest_queue']:,} spans | – | – | – |",
+            f"| memory per queued span; a full queue of {mem['queue']:,} | {mem['per_span_bytes']:,.0f} B "
+            f"({mem['per_span_bytes_after_read']:,.0f} B once derived); {mem['full_queue_mib']:,.0f} MiB "
+            f"({mem['full_queue_after_read_mib']:,.0f} MiB) | SDK default queue 2,048: "
+            f"{mem['per_span_bytes'] * 2048 / 2**20:.1f} MiB | – | – | – |",
+        ]
+    if "processor" in r:
+        p = r["processor"]
+        lines += [
+            f"| processor cost over bare SDK, µs/span (median of {len(p['overhead_us'])}) "
+            f"| {p['overhead_median']:+.2f} ({p['wrapped_median']:.2f} vs {p['bare_median']:.2f}) "
+            f"| bare SDK {p['bare_median']:.2f} | {p['wrapped_median'] / p['bare_median']:.3f}× bare "
+            f"| ≤ {TARGET_OVERHEAD_US} | {'yes' if p['overhead_median'] <= TARGET_OVERHEAD_US else 'NO'} |",
+            f"| derivation deferred to the exporter's first read, µs/span | {p['deferred_median']:.2f} "
+            f"| – | – | – | – |",
+        ]
     return "\n".join(lines)
 
 
@@ -617,28 +721,34 @@ def _mib(value: float | None) -> str:
 
 def details(r: dict[str, Any]) -> str:
     out = [f"machine: {json.dumps(r['machine'])}; PostgreSQL {r['postgres']}"]
-    out.append("raw COPY spans/s: " + ", ".join(f"{x['rate']:,.0f}" for x in r["copy"]))
-    out.append(
-        "peak committed spans/s: "
-        + ", ".join(f"{x['rate']:,.0f} (created at {x['create_rate']:,.0f}/s)" for x in r["peak"])
-    )
-    out.append("naive spans/s: " + ", ".join(f"{x['rate']:,.0f}" for x in r["naive"]))
-    for s in r["steady"]:
+    if "peak" in r:
+        out.append("raw COPY spans/s: " + ", ".join(f"{x['rate']:,.0f}" for x in r["copy"]))
+        for key, label in (("peak", "peak committed"), ("discard", "storing nothing"), ("naive", "naive")):
+            out.append(
+                f"{label} spans/s: "
+                + ", ".join(
+                    f"{x['rate']:,.0f} (created at {x['create_rate']:,.0f}/s, {x['cpu_us_per_span']:.0f} µs "
+                    f"CPU/span, of which GC {x['gc_us_per_span']:.0f}; GC runs {x['gc_runs']})"
+                    for x in r[key]
+                )
+            )
+    for s in r.get("steady", ()):
         out.append(
             f"steady {s['settings']}: offered {s['offered_rate']:,.0f}/s, created {s['created']:,}, "
             f"stored {s['stored']:,}, dropped {s['dropped']:,} (SDK counter {s['sdk_queue_full']:,}), "
             f"drained after {s['drained_s']:.1f} s, longest queue {s['longest_queue']:,}, "
             f"RSS {s['rss_before_mib']:.0f} → peak {s['rss_peak_mib']:.0f} MiB"
         )
-    p = r["processor"]
-    out.append(
-        "processor µs/span: bare "
-        + ", ".join(f"{x:.2f}" for x in p["bare_us"])
-        + "; wrapped "
-        + ", ".join(f"{x:.2f}" for x in p["wrapped_us"])
-        + "; deferred "
-        + ", ".join(f"{x:.2f}" for x in p["deferred_us"])
-    )
+    if "processor" in r:
+        p = r["processor"]
+        out.append(
+            "processor µs/span: bare "
+            + ", ".join(f"{x:.2f}" for x in p["bare_us"])
+            + "; wrapped "
+            + ", ".join(f"{x:.2f}" for x in p["wrapped_us"])
+            + "; deferred "
+            + ", ".join(f"{x:.2f}" for x in p["deferred_us"])
+        )
     return "\n".join(out)
 
 
@@ -648,6 +758,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dsn", help="PostgreSQL to use (default: a fresh embedded one)")
     parser.add_argument("--runs", type=int, help="repetitions of peak and COPY (default 3, quick 1)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument(
+        "--phases",
+        default=",".join(ALL_PHASES),
+        help=f"comma-separated subset of {','.join(ALL_PHASES)} (default: all)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -669,7 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tokentrace.store.migrate import migrate
 
             migrate(dsn)
-            results = benchmark(dsn, args.quick, runs)
+            results = benchmark(dsn, args.quick, runs, args.phases.split(","))
         finally:
             if not args.dsn:
                 stop_embedded()

@@ -29,7 +29,8 @@ def dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture
 def db(dsn: str) -> Iterator[str]:
-    """The session database with ``tokentrace.spans`` emptied (partitions dropped) first."""
+    """The session database with ``tokentrace.spans`` emptied (partitions dropped) first,
+    and the rollups and the retention state prune() leaves behind reset with it."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         # Dropping the day partitions (not just emptying them) keeps tests that count
         # partitions independent of each other.
@@ -37,6 +38,13 @@ def db(dsn: str) -> Iterator[str]:
             "DO $$ DECLARE p record; BEGIN"
             " FOR p IN SELECT partition FROM tokentrace.span_partitions LOOP"
             " EXECUTE format('DROP TABLE %s', p.partition); END LOOP; END $$"
+        )
+        conn.execute(
+            "DO $$ BEGIN IF to_regclass('tokentrace.span_rollups') IS NOT NULL THEN"
+            " TRUNCATE tokentrace.span_rollups;"
+            " DELETE FROM tokentrace.settings WHERE key = 'raw_horizon';"
+            " UPDATE tokentrace.settings SET value = '400' WHERE key = 'rollup_retention_days';"
+            " END IF; END $$"
         )
     yield dsn
 

@@ -28,6 +28,7 @@ from tokentrace.api import (
     log_thought_latency,
     model_load,
 )
+from tokentrace.instrumentation import instrument
 from tokentrace.pipeline import configure, flush
 from tokentrace.processor import TokenEfficiencySpanProcessor
 
@@ -41,6 +42,7 @@ __all__ = [
     "configure",
     "flush",
     "inference",
+    "instrument",
     "log_load_latency",
     "log_thought_latency",
     "model_load",

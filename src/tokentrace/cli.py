@@ -18,7 +18,6 @@ variables, else tokentrace's embedded PostgreSQL (in ``TOKENTRACE_DATA_DIR``).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import os
@@ -87,6 +86,46 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(f"applied {', '.join(applied)} to {where}")
     else:
         print(f"schema up to date on {where}")
+    if args.reader_role:
+        return _grant_reader(dsn, args.reader_role)
+    return 0
+
+
+READER_PASSWORD_ENV = "TOKENTRACE_READER_PASSWORD"
+
+
+def _grant_reader(dsn: str, role: str) -> int:
+    """Create or update the read-only role ``role`` (sql/0030_reader_access.sql)."""
+    from tokentrace.store.connection import connect
+
+    password = os.environ.get(READER_PASSWORD_ENV) or None
+    try:
+        with connect(dsn, autocommit=True) as conn:
+            # Hashed here: the clear text never reaches the server, its logs or pg_stat_activity.
+            verifier = (
+                conn.pgconn.encrypt_password(password.encode(), role.encode()).decode()
+                if password
+                else None
+            )
+            row = conn.execute(
+                "SELECT views, functions, can_login, created FROM tokentrace.grant_reader(%s, %s)",
+                (role, verifier),
+            ).fetchone()
+    except (psycopg.errors.RaiseException, psycopg.errors.InsufficientPrivilege) as exc:
+        reason = exc.diag.message_primary or str(exc)
+        print(f"tokentrace migrate: reader role {role!r}: {reason}", file=sys.stderr)
+        return 1
+    assert row is not None
+    views, functions, can_login, created = row
+    login = (
+        f"can log in (password from ${READER_PASSWORD_ENV})"
+        if can_login
+        else f"NOLOGIN (set ${READER_PASSWORD_ENV} to let it log in, or GRANT it to a login role)"
+    )
+    print(
+        f"reader role {role!r} {'created' if created else 'updated'}: SELECT on {views} views, "
+        f"EXECUTE on {functions} report functions and helpers, no access to tokentrace.spans; {login}"
+    )
     return 0
 
 
@@ -111,7 +150,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             else:
                 _print_sixty_day(stats)
         else:
-            foot = reports.footprint(conn)
+            foot = reports.footprint(conn, exact=args.exact)
             if args.json:
                 _print_json({"status": "success", "footprint": foot})
             else:
@@ -139,27 +178,42 @@ def _print_sixty_day(stats: dict[str, Any]) -> None:
 
 def _print_footprint(foot: dict[str, Any]) -> None:
     print(f"Database footprint: tokentrace {foot['total_size']} (whole database {foot['database_bytes']:,} bytes)")
-    print(f"  oldest span {foot['oldest_span'] or '-'}")
-    print(render(foot["relations"], FOOTPRINT_TABLE))
+    print(f"  oldest span {foot['oldest_span'] or '-'}   newest span {foot.get('newest_span') or '-'}")
+    if "bytes_per_day" in foot:
+        print(f"  growth {foot['spans_per_day']:,.0f} spans/day, {_size(foot['bytes_per_day'])}/day (last 7 days)"
+              f"   settles at {foot['projected_size']} (raw {foot['retention_days']} d,"
+              f" rollups {foot['rollup_retention_days']} d)")
+    if foot.get("disk_cap_bytes"):
+        cap = _size(foot["disk_cap_bytes"])
+        if foot["fits_within_cap"]:
+            print(f"  fits within the {cap} cap")
+        elif foot["days_until_cap"] is not None:
+            print(f"  reaches the {cap} cap in {foot['days_until_cap']:,.1f} days")
+    columns = FOOTPRINT_TABLE + ((("exact_rows", "rows (exact)"),) if foot.get("row_counts") == "exact" else ())
+    print(render(foot["relations"], columns))
+
+
+def _size(n: float) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1024 or unit == "TB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} TB"  # pragma: no cover - the loop always returns
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from tokentrace.retention import prune
+
     dsn = _dsn(args)
     _ensure_schema(dsn)
-    days = retention_days(args.retention_days)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        removed = conn.execute(
-            "SELECT partition_name, day, spans FROM tokentrace.prune(%s)", (dt.timedelta(days=days),)
-        ).fetchall()
-    total = sum(int(r[2]) for r in removed)
+    result = prune(dsn, args.retention_days, args.rollup_retention_days)
     if args.json:
-        _print_json({"status": "success", "retention_days": days, "removed": [
-            {"partition": r[0], "day": r[1].isoformat(), "spans": r[2]} for r in removed
-        ], "spans_removed": total})
+        _print_json({"status": "success", **result.as_json()})
         return 0
-    print(f"pruned {len(removed)} day partition(s), {total:,} span(s) older than {days} days")
-    for name, day, spans in removed:
-        print(f"  {name}  {day}  {spans:,} spans")
+    print(result.summary())
+    for part in result.partitions:
+        print(f"  {part.partition}  {part.day}  {part.spans:,} spans")
     return 0
 
 
@@ -239,6 +293,8 @@ def _report_parser(sub: Any) -> None:
     p.add_argument("--hours", type=_positive_float, default=24.0, help="efficiency window in hours (default 24)")
     p.add_argument("--model", help="only this model (efficiency report)")
     p.add_argument("--json", action="store_true", help="machine-readable JSON instead of a table")
+    p.add_argument("--exact", action="store_true",
+                   help="footprint: count every relation's rows (slow on a big store) besides the estimates")
     _add_dsn(p)
     p.set_defaults(func=cmd_report)
 
@@ -287,9 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
     _report_parser(sub)
 
     p = sub.add_parser("prune", help="drop raw spans older than the retention window",
-                       description="Drop whole day partitions older than the retention window.")
+                       description="Drop whole day partitions older than the retention window, and "
+                       "rollups older than the (longer) rollup retention.")
     p.add_argument("--retention-days", type=_positive_int, default=None,
-                   help="days to keep (default: $TOKENTRACE_RETENTION_DAYS or 60)")
+                   help="days of raw spans to keep (default: $TOKENTRACE_RETENTION_DAYS or 60)")
+    p.add_argument("--rollup-retention-days", type=_positive_int, default=None,
+                   help="days of hourly/daily rollups to keep (default: $TOKENTRACE_ROLLUP_RETENTION_DAYS "
+                   "or 400, at least --retention-days)")
     p.add_argument("--json", action="store_true", help="machine-readable JSON output")
     _add_dsn(p)
     p.set_defaults(func=cmd_prune)
@@ -298,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Apply the numbered SQL migrations that are missing (safe to repeat).")
     p.add_argument("--retention-days", type=_positive_int, default=None,
                    help="retention window the reports state (default: $TOKENTRACE_RETENTION_DAYS or 60)")
+    p.add_argument("--reader-role", metavar="NAME",
+                   help="also create (or update) NAME, a read-only role for analysts: SELECT on the views "
+                   "and EXECUTE on the report functions, no access to tokentrace.spans, no writes; "
+                   f"NOLOGIN unless ${READER_PASSWORD_ENV} holds a password for it")
     _add_dsn(p)
     p.set_defaults(func=cmd_migrate)
 

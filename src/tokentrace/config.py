@@ -69,9 +69,12 @@ def max_attribute_chars() -> int:
 
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 _PASSWORD_KEYWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+# libpq quotes the part of a URL it cannot decode, which may be the password.
+_PERCENT_TOKEN = re.compile(r'(invalid percent-encoded token: )"[^"]*"')
 
 
 def redact(text: str) -> str:
     """``text`` with any connection-string password replaced by ``***``."""
     text = _PASSWORD_IN_URL.sub(r"\1***@", text)
+    text = _PERCENT_TOKEN.sub(r'\1"***"', text)
     return _PASSWORD_KEYWORD.sub(r"\1***", text)

@@ -115,7 +115,7 @@ def as_token_count(value: Any) -> int | None:
         n = int(value)
     elif isinstance(value, str):
         text = value.strip()
-        if not text.isdigit() or len(text) > 15:
+        if not text.isdecimal() or len(text) > 15:  # isdigit() passes "²", which int() refuses
             return None
         n = int(text)
     else:
@@ -128,7 +128,10 @@ def as_number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        f = float(value)
+        try:
+            f = float(value)
+        except OverflowError:  # an int beyond float's range
+            return None
     elif isinstance(value, str):
         try:
             f = float(value)

@@ -1,10 +1,18 @@
 """Wiring the default pipeline: processor → batch processor → PostgreSQL exporter.
 
 :func:`configure` is what ``tokentrace.configure()`` and ``tokentrace.instrument()``
-call. The batch processor gets larger defaults than the SDK's (queue 2,048, batch
-512, delay 5 s), which drop about half the spans of a sustained burst of 15,000
-spans/s; see ``bench/RESULTS.md`` for the measurements behind these numbers and the
-memory they cost. ``OTEL_BSP_*`` variables, when set, still win.
+call. ``OTEL_BSP_*`` variables, when set, win over the defaults below.
+
+The batch processor gets larger defaults than the SDK's (queue 2,048, batch 512,
+delay 5 s), which dropped 50–61 % of a 60 s burst of 15,000 spans/s in
+``bench/bench_export.py``. The queue is what absorbs a burst the exporter cannot keep
+up with: 262,144 spans hold a 60 s burst at 15,000/s as long as the exporter commits
+at least ~10,600/s (on the shared 2-core machine of the benchmark it managed about
+6,500/s and dropped 10–13 %). The queue costs memory as it fills: a queued GenAI span
+takes about 3.0–3.5 KB, so a full queue is ~750–880 MiB (the benchmark saw RSS grow
+by 845 MiB with 258,000 spans queued); lower ``TOKENTRACE_BSP_MAX_QUEUE_SIZE`` where
+memory matters more than bursts. Batches of 8,192 spans are one COPY and one transaction
+each. See ``bench/RESULTS.md`` for the figures and the machine they come from.
 """
 
 from __future__ import annotations

@@ -10,32 +10,135 @@ exporter to any other backend receives them too::
         TokenEfficiencySpanProcessor(BatchSpanProcessor(OTLPSpanExporter()))
     )
 
-Spans that are not GenAI spans, and unsampled spans, are forwarded untouched.
+Spans that are not GenAI spans are forwarded untouched; unsampled spans get no
+figures.
+
+``on_end`` runs on the application's thread, at the end of every model call, so it
+does as little as it can: the copy it forwards derives the figures the first time
+its attributes are read — in the exporter, on the batch processor's thread. What an
+exporter receives is the same either way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.util.types import AttributeValue
+from opentelemetry.util.types import Attributes, AttributeValue
 
-from tokentrace.dialects import normalize
+from tokentrace import attributes as A
+from tokentrace.dialects import REQUEST_MODEL_KEYS, RESPONSE_MODEL_KEYS, normalize
 from tokentrace.efficiency import derive
 
+# A span can only be a GenAI span (``GenAIFacts.is_genai``: an operation or a model)
+# if it has one of these keys; spans with none of them skip the processor outright.
+# Keep in step with how tokentrace.dialects reads the operation and the model.
+_GENAI_MARKERS = frozenset(
+    (
+        A.GEN_AI_OPERATION_NAME,
+        A.LLM_REQUEST_TYPE,
+        A.OPENINFERENCE_SPAN_KIND,
+        *REQUEST_MODEL_KEYS,
+        *RESPONSE_MODEL_KEYS,
+    )
+)
 
-def _with_attributes(span: ReadableSpan, extra: dict[str, AttributeValue]) -> ReadableSpan:
+
+def plain_attributes(attributes: Attributes) -> Mapping[str, Any]:
+    """``attributes`` as a plain ``dict`` where that costs nothing; read-only use.
+
+    An ended span's ``BoundedAttributes`` is immutable and keeps its items in a
+    ``dict``; reading that directly is many times faster than going through the
+    ``Mapping`` methods it implements in Python.
+    """
+    if attributes is None:
+        return {}
+    if type(attributes) is BoundedAttributes:
+        inner = getattr(attributes, "_dict", None)
+        if type(inner) is dict and getattr(attributes, "_immutable", False):
+            return inner
+    return attributes
+
+
+def _derived_attributes(span: ReadableSpan, source: Attributes) -> Attributes:
+    """``source`` plus the span's ``tokentrace.*`` figures (``source`` if none apply).
+
+    Unsampled spans, and spans that are not GenAI spans, get none.
+    """
+    ctx = span.context
+    if ctx is None or not ctx.trace_flags.sampled:
+        return source
+    attrs = plain_attributes(source)
+    facts = normalize(attrs)
+    if not facts.is_genai:
+        return source
+    start, end = span.start_time, span.end_time
+    duration_ms = (end - start) / 1e6 if start is not None and end is not None else None
+    extra = derive(facts, attrs, duration_ms).as_attributes()
+    if not extra:
+        return source
+    merged: dict[str, AttributeValue] = dict(attrs)
+    merged.update(extra)
+    return merged
+
+
+class _DerivingSpan(ReadableSpan):
+    """A copy of an ended span whose ``tokentrace.*`` figures are added on first read.
+
+    ``ReadableSpan`` keeps its attributes in ``_attributes``, which everything that
+    reads them goes through (``attributes``, ``dropped_attributes``, ``to_json``).
+    Here that name is a property: the instance's own ``_attributes`` entry keeps the
+    attributes the span ended with, and the first read derives, caches and returns
+    them merged with the figures. The result is the same whichever thread reads first.
+    """
+
+    @property
+    def _attributes(self) -> Attributes:
+        state = self.__dict__
+        merged: Attributes | None = state.get(_MERGED)
+        if merged is None:
+            merged = state[_MERGED] = _derived_attributes(self, state["_attributes"])
+        return merged
+
+    @_attributes.setter
+    def _attributes(self, value: Attributes) -> None:
+        self.__dict__["_attributes"] = value
+        self.__dict__.pop(_MERGED, None)
+
+    @property
+    def source_attributes(self) -> Attributes:
+        """The attributes the span ended with, without the derived figures."""
+        source: Attributes = self.__dict__["_attributes"]
+        return source
+
+
+_MERGED = "_tokentrace_merged_attributes"
+
+
+def _deriving_copy(span: ReadableSpan) -> ReadableSpan:
     # A shallow copy is an order of magnitude cheaper than ReadableSpan.__init__ and
     # keeps every field (events, links, dropped counts) exactly as the SDK set it.
-    copy = ReadableSpan.__new__(type(span))
-    copy.__dict__.update(span.__dict__)
-    merged: dict[str, AttributeValue] = dict(span.attributes or {})
-    merged.update(extra)
-    copy._attributes = merged
+    copy = _DerivingSpan.__new__(_DerivingSpan)
+    copy.__dict__ = span.__dict__.copy()
     return copy
 
 
+def underived_attributes(span: ReadableSpan) -> Attributes | None:
+    """The attributes ``span`` ended with, if it is a copy this processor forwarded.
+
+    ``None`` for any other span. For a store that derives the same figures itself
+    (:func:`tokentrace.exporter.spans.span_row`), to avoid deriving them twice.
+    """
+    if isinstance(span, _DerivingSpan):
+        return span.source_attributes
+    return None
+
+
 class TokenEfficiencySpanProcessor(SpanProcessor):
-    """Derives the efficiency figures at span end and forwards to ``delegate``."""
+    """Derives the efficiency figures of spans ending and forwards to ``delegate``."""
 
     def __init__(self, delegate: SpanProcessor) -> None:
         self._delegate = delegate
@@ -45,21 +148,15 @@ class TokenEfficiencySpanProcessor(SpanProcessor):
         return self._delegate
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        self._delegate.on_start(span, parent_context=parent_context)
+        self._delegate.on_start(span, parent_context)
 
     def on_end(self, span: ReadableSpan) -> None:
-        ctx = span.context
-        if ctx is None or not ctx.trace_flags.sampled or not span.attributes:
-            self._delegate.on_end(span)
-            return
-        facts = normalize(span.attributes)
-        if not facts.is_genai:
-            self._delegate.on_end(span)
-            return
-        start, end = span.start_time, span.end_time
-        duration_ms = (end - start) / 1e6 if start is not None and end is not None else None
-        extra = derive(facts, span.attributes, duration_ms).as_attributes()
-        self._delegate.on_end(_with_attributes(span, extra) if extra else span)
+        # This runs on the application's thread for every span: one cheap check here,
+        # the rest (sampled? GenAI? which figures?) when the copy's attributes are read.
+        attrs = span._attributes
+        if attrs is not None and not _GENAI_MARKERS.isdisjoint(attrs):
+            span = _deriving_copy(span)
+        self._delegate.on_end(span)
 
     def shutdown(self) -> None:
         self._delegate.shutdown()

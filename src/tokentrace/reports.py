@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from tokentrace.config import env_int
@@ -86,28 +88,87 @@ def efficiency(
 
 
 def sixty_day(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    """Overall 60-day statistics and per-model trends (the original system's shape)."""
+    """Overall 60-day statistics and per-model trends (the original system's shape).
+
+    ``efficiency_change`` adds, per model, the last 24 hours' token-weighted ms/token
+    against the 60 days before them (``change_ratio`` 1.5 = 50 % slower now).
+    """
     overall = _rows(conn, "SELECT * FROM tokentrace.stats_60d")[0]
     trends = _rows(conn, "SELECT * FROM tokentrace.model_trends_60d")
+    change = _rows(conn, "SELECT * FROM tokentrace.efficiency_change")
     return {
         "overall": overall,
         "model_trends": trends,
         "retention_window_days": overall["retention_window_days"],
+        "efficiency_change": change,
     }
 
 
-def footprint(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    """Size of every tokentrace relation, the total, and the oldest span's time."""
+def disk_cap_bytes(gigabytes: Any = None) -> int | None:
+    """A disk cap in bytes: argument > ``TOKENTRACE_DISK_CAP_GB`` > none (1 GB = 10^9 bytes)."""
+    source = "disk cap"
+    if gigabytes is None:
+        gigabytes = os.environ.get("TOKENTRACE_DISK_CAP_GB", "").strip() or None
+        source = "TOKENTRACE_DISK_CAP_GB"
+        if gigabytes is None:
+            return None
+    try:
+        value = float(gigabytes)
+    except (TypeError, ValueError):
+        raise ReportError(f"{source} must be a number of gigabytes, not {gigabytes!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ReportError(f"{source} must be a positive number of gigabytes, not {gigabytes!r}")
+    return int(value * 1e9)
+
+
+def footprint(
+    conn: psycopg.Connection[Any], exact: bool = False, disk_cap_gb: Any = None
+) -> dict[str, Any]:
+    """Size of every tokentrace relation, the total, its growth and where it is heading.
+
+    Row counts are the catalog's estimates (fast at any size); ``exact=True`` adds
+    ``exact_rows`` per relation, counted (a full scan: slow on a big store). Growth is
+    measured over the last 7 days; ``projected_bytes`` is the size the store settles
+    at once the retention windows are full; ``days_until_cap`` is set when a disk cap
+    (``disk_cap_gb`` or ``TOKENTRACE_DISK_CAP_GB``) will be reached, ``fits_within_cap``
+    says whether it ever will.
+    """
+    cap = disk_cap_bytes(disk_cap_gb)
     relations = _rows(conn, "SELECT * FROM tokentrace.footprint")
-    oldest = relations[0].pop("oldest_span") if relations else None
     for rel in relations:
         rel.pop("oldest_span", None)
+        rel.pop("newest_span", None)
+        if exact:
+            rel["exact_rows"] = _count(conn, str(rel["relation"]))
+    summary = _rows(conn, "SELECT * FROM tokentrace.footprint_summary(%s)", (cap,))[0]
     total = sum(int(r["total_bytes"]) for r in relations)
-    size = _rows(conn, "SELECT pg_size_pretty(%s::bigint) AS s, pg_database_size(current_database()) AS d", (total,))[0]
+    size = _rows(
+        conn,
+        "SELECT pg_size_pretty(%s::bigint) AS s, pg_size_pretty(%s::bigint) AS p, "
+        "pg_database_size(current_database()) AS d",
+        (total, summary["projected_bytes"]),
+    )[0]
     return {
         "relations": relations,
         "total_bytes": total,
         "total_size": size["s"],
         "database_bytes": size["d"],
-        "oldest_span": oldest,
+        "oldest_span": summary["oldest_span"],
+        "newest_span": summary["newest_span"],
+        "row_counts": "exact" if exact else "estimated",
+        "spans_per_day": summary["spans_per_day"],
+        "bytes_per_day": summary["bytes_per_day"],
+        "retention_days": summary["retention_days"],
+        "rollup_retention_days": summary["rollup_retention_days"],
+        "projected_bytes": summary["projected_bytes"],
+        "projected_size": size["p"],
+        "disk_cap_bytes": summary["disk_cap_bytes"],
+        "fits_within_cap": summary["fits_within_cap"],
+        "days_until_cap": summary["days_until_cap"],
     }
+
+
+def _count(conn: psycopg.Connection[Any], relation: str) -> int:
+    query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("tokentrace", relation))
+    row = conn.execute(query).fetchone()
+    return int(row[0]) if row else 0

@@ -149,3 +149,28 @@ def test_writer_recreates_a_partition_dropped_behind_its_back(db: str) -> None:
     assert exporter.export(_spans(2, now - 90 * 86_400 * SEC + 5 * SEC, "late-b")) == SpanExportResult.SUCCESS
     exporter.shutdown()
     assert query(db, "SELECT model, count(*) FROM tokentrace.spans GROUP BY 1") == [("late-b", 2)]
+
+
+def test_many_writers_creating_the_same_new_days_at_once(db: str) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def create() -> None:
+        try:
+            with psycopg.connect(db, autocommit=True) as conn:
+                barrier.wait()
+                conn.execute("SELECT tokentrace.ensure_partitions(ARRAY(SELECT d::date FROM"
+                             " generate_series('2031-01-01'::date, '2031-01-20', '1 day') d))")
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    days = query(db, "SELECT count(*) FROM tokentrace.span_partitions WHERE day BETWEEN '2031-01-01' AND '2031-01-20'")
+    assert days == [(20,)]

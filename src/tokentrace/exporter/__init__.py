@@ -25,8 +25,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from tokentrace.config import max_attribute_chars, redact
-from tokentrace.exporter.spans import span_data
-from tokentrace.store.rows import BuiltRow, RowError, build_row
+from tokentrace.exporter.spans import ResourceCache, span_row
+from tokentrace.store.rows import BuiltRow, RowError
 from tokentrace.store.writer import SpanWriter, WriteResult
 
 # The context key the contrib instrumentations honour (psycopg's among them).
@@ -78,9 +78,10 @@ class PostgresSpanExporter(SpanExporter):
 
     def _build(self, spans: Sequence[ReadableSpan]) -> list[BuiltRow]:
         rows: list[BuiltRow] = []
+        resources = ResourceCache(self._max_chars)
         for span in spans:
             try:
-                row = build_row(span_data(span), self._max_chars)
+                row = span_row(span, self._max_chars, resources)
             except RowError as exc:
                 self.stats["rejected"] += 1
                 _log.warning("span %r not stored: %s", span.name, exc)

@@ -1,30 +1,100 @@
-"""SDK ``ReadableSpan`` → :class:`tokentrace.store.rows.SpanData` (pure)."""
+"""SDK ``ReadableSpan`` → :class:`tokentrace.store.rows.SpanData` → row (pure)."""
 
 from __future__ import annotations
 
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import StatusCode
+import math
+from collections.abc import Mapping
+from typing import Any
 
-from tokentrace.store.rows import SpanData
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind, StatusCode
+
+from tokentrace import attributes as A
+from tokentrace.processor import plain_attributes, underived_attributes
+from tokentrace.store.rows import COLUMNS, BuiltRow, CleanMapping, SpanData, build_row, clean_mapping
 
 _STATUS = {StatusCode.UNSET: "UNSET", StatusCode.OK: "OK", StatusCode.ERROR: "ERROR"}
+_KIND = {kind: kind.name for kind in SpanKind}  # Enum.name is a slow property
+_DERIVED_KEYS = frozenset(A.DERIVED_KEYS)
+_ATTRIBUTES = COLUMNS.index("attributes")
 
 
-def span_data(span: ReadableSpan) -> SpanData:
-    """The storable facts of an ended SDK span."""
+def span_data(span: ReadableSpan, attributes: Mapping[str, Any] | None = None) -> SpanData:
+    """The storable facts of an ended SDK span (with ``attributes`` instead of its own)."""
     ctx = span.context
     parent = span.parent
     start = span.start_time or 0
+    end = span.end_time
+    status = span.status
+    kind = span.kind
+    resource = span.resource
     return SpanData(
         trace_id=ctx.trace_id.to_bytes(16, "big") if ctx else b"",
         span_id=ctx.span_id.to_bytes(8, "big") if ctx else b"",
         parent_span_id=parent.span_id.to_bytes(8, "big") if parent else None,
         name=span.name,
-        kind=span.kind.name,
+        kind=_KIND.get(kind) or kind.name,
         start_ns=start,
-        end_ns=span.end_time if span.end_time is not None else start,
-        attributes=span.attributes or {},
-        resource=span.resource.attributes if span.resource else {},
-        status=_STATUS.get(span.status.status_code, "UNSET"),
-        status_message=span.status.description,
+        end_ns=end if end is not None else start,
+        attributes=plain_attributes(span._attributes) if attributes is None else attributes,
+        resource=plain_attributes(resource.attributes) if resource else {},
+        status=_STATUS.get(status.status_code, "UNSET"),
+        status_message=status.description,
     )
+
+
+class ResourceCache:
+    """Cleans each distinct ``Resource`` of a batch once; its spans share the result.
+
+    Keyed by object identity, so use one cache per batch (while the spans, and so
+    their resources, are alive).
+    """
+
+    __slots__ = ("_max_value_chars", "_seen")
+
+    def __init__(self, max_value_chars: int) -> None:
+        self._max_value_chars = max_value_chars
+        self._seen: dict[int, CleanMapping] = {}
+
+    def get(self, resource: Resource | None) -> CleanMapping:
+        key = id(resource)
+        clean = self._seen.get(key)
+        if clean is None:
+            attrs = plain_attributes(resource.attributes) if resource else {}
+            clean = self._seen[key] = clean_mapping(attrs, self._max_value_chars)
+        return clean
+
+
+def span_row(span: ReadableSpan, max_value_chars: int, resources: ResourceCache) -> BuiltRow:
+    """``build_row(span_data(span))``, without deriving the processor's figures twice.
+
+    A span forwarded by :class:`~tokentrace.processor.TokenEfficiencySpanProcessor`
+    has its figures derived when its attributes are first read. ``build_row``
+    derives the same figures from the same functions, so the row is built from the
+    attributes the span ended with: the same row, at half the cost. It could differ
+    only where the processor's figures change what ``build_row`` sees — an attribute
+    with a derived figure's name, an attribute the sanitizer alters, a figure that
+    is not finite — and then the row is built from the processor's attributes.
+    """
+    resource = resources.get(span.resource)
+    source = underived_attributes(span)
+    if source is not None:
+        attrs = plain_attributes(source)
+        if _DERIVED_KEYS.isdisjoint(attrs):
+            row = build_row(span_data(span, attrs), max_value_chars, resource=resource)
+            if _unaltered(row):
+                return row
+    return build_row(span_data(span), max_value_chars, resource=resource)
+
+
+def _unaltered(row: BuiltRow) -> bool:
+    """No attribute needed sanitizing and every derived figure is finite."""
+    attrs: dict[str, Any] = row.values[_ATTRIBUTES]
+    if A.TT_SANITIZED in attrs:
+        return False
+    for key in A.DERIVED_KEYS:
+        value = attrs.get(key)
+        if type(value) is float and not math.isfinite(value):
+            return False
+    return True

@@ -21,10 +21,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from contextvars import Token
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import wrapt
 from opentelemetry import context as otel_context
@@ -34,6 +35,35 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from tokentrace import attributes as A
 from tokentrace.instrumentation._metrics import GenAIMetrics
+
+if TYPE_CHECKING:
+    # The upstream module is marked `# type: ignore`, so mypy sees no class there:
+    # this stand-in declares the part of its interface tokentrace relies on.
+    class BaseInstrumentor:
+        is_instrumented_by_opentelemetry: bool
+
+        def instrument(self, **kwargs: Any) -> None: ...
+        def uninstrument(self, **kwargs: Any) -> None: ...
+        def instrumentation_dependencies(self) -> Collection[str]: ...
+        def _instrument(self, **kwargs: Any) -> None: ...
+        def _uninstrument(self, **kwargs: Any) -> None: ...
+
+else:
+    from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+__all__ = [
+    "BaseInstrumentor",
+    "Call",
+    "Patcher",
+    "Telemetry",
+    "capture_content_default",
+    "chat_messages",
+    "guard",
+    "mark_error",
+    "telemetry_from",
+    "text_messages",
+    "to_json",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -75,7 +105,9 @@ def telemetry_from(scope: str, kwargs: Mapping[str, Any]) -> Telemetry:
     tracer = trace.get_tracer(
         scope, VERSION, tracer_provider=kwargs.get("tracer_provider"), schema_url=SCHEMA_URL
     )
-    meter = get_meter(scope, VERSION, meter_provider=kwargs.get("meter_provider"), schema_url=SCHEMA_URL)
+    meter = get_meter(
+        scope, VERSION, meter_provider=kwargs.get("meter_provider"), schema_url=SCHEMA_URL
+    )
     capture = kwargs.get("capture_content")
     return Telemetry(
         tracer=tracer,
@@ -84,12 +116,16 @@ def telemetry_from(scope: str, kwargs: Mapping[str, Any]) -> Telemetry:
     )
 
 
-def guard(func: Callable[..., T], *args: Any) -> T | None:
-    """``func(*args)``, or None (logged) if telemetry code itself fails."""
+def guard(func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """``func(*args, **kwargs)``, or None (logged) if telemetry code itself fails."""
     try:
-        return func(*args)
+        return func(*args, **kwargs)
     except Exception:  # noqa: BLE001 - telemetry must never break the caller
-        _log.debug("tokentrace instrumentation failed in %s", getattr(func, "__name__", func), exc_info=True)
+        _log.debug(
+            "tokentrace instrumentation failed in %s",
+            getattr(func, "__name__", func),
+            exc_info=True,
+        )
         return None
 
 
@@ -126,12 +162,28 @@ def chat_messages(messages: Any) -> str:
 
 
 class Call:
-    """One instrumented call: a span, its clock, and what it produced."""
+    """One instrumented call: a span, its clock, and what it produced.
+
+    Attributes learnt from the response go into :attr:`attrs` and reach the span in
+    one ``set_attributes`` when the call finishes (one lock, not one per key).
+    """
 
     __slots__ = (
-        "_telemetry", "span", "start_ns", "_t0", "first_ns", "last_ns", "chunks",
-        "metric_attrs", "input_tokens", "output_tokens", "decode_s", "_ended",
-    )  # fmt: skip
+        "_ended",
+        "_t0",
+        "attrs",
+        "chunks",
+        "decode_s",
+        "first_ns",
+        "input_tokens",
+        "last_ns",
+        "metric_attrs",
+        "output_tokens",
+        "recording",
+        "span",
+        "start_ns",
+        "telemetry",
+    )
 
     def __init__(
         self,
@@ -141,12 +193,14 @@ class Call:
         attrs: dict[str, Any],
         parent: otel_context.Context | None = None,
     ) -> None:
-        self._telemetry = telemetry
+        self.telemetry = telemetry
         self.start_ns = time.time_ns()
         self._t0 = time.perf_counter_ns()
         self.span = telemetry.tracer.start_span(
             name, context=parent, kind=kind, attributes=attrs, start_time=self.start_ns
         )
+        self.recording = self.span.is_recording()
+        self.attrs: dict[str, Any] = {}
         self.metric_attrs = {key: attrs[key] for key in _METRIC_KEYS if key in attrs}
         self.first_ns: int | None = None
         self.last_ns = 0
@@ -156,17 +210,13 @@ class Call:
         self.decode_s: float | None = None  # server-reported time per output token
         self._ended = False
 
-    @property
-    def recording(self) -> bool:
-        return self.span.is_recording()
-
-    def attach(self) -> object:
+    def attach(self) -> Token[otel_context.Context]:
         """Make the span current (for the library's own nested spans)."""
         return otel_context.attach(trace.set_span_in_context(self.span))
 
     @staticmethod
-    def detach(token: object) -> None:
-        otel_context.detach(token)  # type: ignore[arg-type]
+    def detach(token: Token[otel_context.Context]) -> None:
+        otel_context.detach(token)
 
     def tick(self) -> None:
         """A stream chunk arrived now."""
@@ -179,14 +229,14 @@ class Call:
     def set_tokens(self, input_tokens: int | None, output_tokens: int | None) -> None:
         if input_tokens is not None:
             self.input_tokens = input_tokens
-            self.span.set_attribute(A.GEN_AI_USAGE_INPUT_TOKENS, input_tokens)
+            self.attrs[A.GEN_AI_USAGE_INPUT_TOKENS] = input_tokens
         if output_tokens is not None:
             self.output_tokens = output_tokens
-            self.span.set_attribute(A.GEN_AI_USAGE_OUTPUT_TOKENS, output_tokens)
+            self.attrs[A.GEN_AI_USAGE_OUTPUT_TOKENS] = output_tokens
 
     def set_response_model(self, model: Any) -> None:
         if isinstance(model, str) and model:
-            self.span.set_attribute(A.GEN_AI_RESPONSE_MODEL, model)
+            self.attrs[A.GEN_AI_RESPONSE_MODEL] = model
             self.metric_attrs[A.GEN_AI_RESPONSE_MODEL] = model
 
     def fail(self, exc: BaseException) -> None:
@@ -201,31 +251,32 @@ class Call:
             return
         self._ended = True
         duration_s = (time.perf_counter_ns() - self._t0) / _NS_PER_S
-        ttft_s = guard(self._record_stream)
-        guard(
-            self._telemetry.metrics.record,
-            self.metric_attrs,
-            duration_s,
-            self.input_tokens,
-            self.output_tokens,
-            ttft_s,
-            self._time_per_output_token(),
-            failed,
-        )
+        # The hot path of every call: plain try blocks rather than guard() calls.
+        try:
+            ttft_s = self._stream_timing() if self.first_ns is not None else None
+            if self.recording and self.attrs:
+                self.span.set_attributes(self.attrs)
+            self.telemetry.metrics.record(
+                self.metric_attrs,
+                duration_s=duration_s,
+                input_tokens=self.input_tokens,
+                output_tokens=self.output_tokens,
+                ttft_s=ttft_s,
+                tpot_s=self._time_per_output_token(),
+                failed=failed,
+            )
+        except Exception:  # noqa: BLE001 - telemetry must never break the caller
+            _log.debug("tokentrace: recording a call failed", exc_info=True)
         self.span.end()
 
-    def _record_stream(self) -> float | None:
+    def _stream_timing(self) -> float | None:
+        """Time to first chunk (s); the stream figures go into :attr:`attrs`."""
         if self.first_ns is None:
             return None
         ttft_s = (self.first_ns - self._t0) / _NS_PER_S
-        if self.span.is_recording():
-            self.span.set_attributes(
-                {
-                    A.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK: ttft_s,
-                    A.TT_STREAM_GENERATION_MS: (self.last_ns - self.first_ns) / _NS_PER_MS,
-                    A.TT_STREAM_CHUNKS: self.chunks,
-                }
-            )
+        self.attrs[A.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = ttft_s
+        self.attrs[A.TT_STREAM_GENERATION_MS] = (self.last_ns - self.first_ns) / _NS_PER_MS
+        self.attrs[A.TT_STREAM_CHUNKS] = self.chunks
         return ttft_s
 
     def _time_per_output_token(self) -> float | None:

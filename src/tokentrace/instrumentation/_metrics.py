@@ -41,7 +41,9 @@ _INPUT = {A.GEN_AI_TOKEN_TYPE: "input"}
 _OUTPUT = {A.GEN_AI_TOKEN_TYPE: "output"}
 
 
-def _histogram(meter: Meter, name: str, unit: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+def _histogram(
+    meter: Meter, name: str, unit: str, doc: str, buckets: tuple[float, ...]
+) -> Histogram:
     return meter.create_histogram(
         name, unit=unit, description=doc, explicit_bucket_boundaries_advisory=list(buckets)
     )

@@ -53,9 +53,13 @@ from tokentrace.store.rows import SpanData
 KIND_NAMES: tuple[str, ...] = ("INTERNAL", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 STATUS_NAMES: tuple[str, ...] = ("UNSET", "OK", "ERROR")
 _KIND_ENUM = {
-    "SPAN_KIND_UNSPECIFIED": 0, "SPAN_KIND_INTERNAL": 1, "SPAN_KIND_SERVER": 2,
-    "SPAN_KIND_CLIENT": 3, "SPAN_KIND_PRODUCER": 4, "SPAN_KIND_CONSUMER": 5,
-}  # fmt: skip
+    "SPAN_KIND_UNSPECIFIED": 0,
+    "SPAN_KIND_INTERNAL": 1,
+    "SPAN_KIND_SERVER": 2,
+    "SPAN_KIND_CLIENT": 3,
+    "SPAN_KIND_PRODUCER": 4,
+    "SPAN_KIND_CONSUMER": 5,
+}
 _STATUS_ENUM = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -117,8 +121,9 @@ def decode_protobuf(body: bytes) -> Decoded:
         raise DecodeError(f"body is not a protobuf ExportTraceServiceRequest ({exc})") from None
     decoded = Decoded()
     append = decoded.spans.append
+    attributes = pb_attributes
     for resource_spans in request.resource_spans:
-        resource = pb_attributes(resource_spans.resource.attributes)
+        resource = attributes(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 status = span.status
@@ -131,7 +136,7 @@ def decode_protobuf(body: bytes) -> Decoded:
                         kind=kind_name(span.kind),
                         start_ns=span.start_time_unix_nano,
                         end_ns=span.end_time_unix_nano,
-                        attributes=pb_attributes(span.attributes),
+                        attributes=attributes(span.attributes),
                         resource=resource,
                         status=status_name(status.code),
                         status_message=status.message or None,
@@ -140,32 +145,30 @@ def decode_protobuf(body: bytes) -> Decoded:
     return decoded
 
 
+# The hot loop of decoding: about 0.8 µs per attribute, nearly all of it in creating
+# upb's Python objects for each KeyValue and AnyValue (measured in bench/RESULTS.md).
+_which = AnyValue.WhichOneof
+_SCALARS = frozenset(("string_value", "int_value", "double_value", "bool_value", "bytes_value"))
+
+
 def pb_attributes(pairs: Iterable[KeyValue]) -> dict[str, Any]:
     """OTLP ``KeyValue`` list → dict (a later duplicate key wins)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         value = pair.value
-        which = value.WhichOneof("value")
-        # The scalar cases first, without a further call: they are nearly all of them.
-        if which == "string_value":
-            out[pair.key] = value.string_value
-        elif which == "int_value":
-            out[pair.key] = value.int_value
-        else:
-            out[pair.key] = pb_value(value)
+        which = _which(value, "value")
+        out[pair.key] = getattr(value, which) if which in _SCALARS else pb_value(value)
     return out
 
 
 def pb_value(value: AnyValue) -> Any:
     """One OTLP ``AnyValue`` as a Python value (bytes stay bytes; unset is None)."""
-    which = value.WhichOneof("value")
-    if which is None:
-        return None
+    which = _which(value, "value")
     if which == "array_value":
         return [pb_value(item) for item in value.array_value.values]
     if which == "kvlist_value":
         return pb_attributes(value.kvlist_value.values)
-    return getattr(value, which)
+    return None if which is None else getattr(value, which)
 
 
 # --- JSON ---------------------------------------------------------------------------
@@ -283,8 +286,11 @@ def _integer(value: Any, key: str) -> int:
     if isinstance(value, str):
         text = value.strip()
         digits = text[1:] if text[:1] in "+-" else text
-        if digits.isdigit() and digits.isascii() and len(digits) <= 20:
-            return int(text)
+        if digits.isdigit() and digits.isascii():
+            if len(digits) <= 20:
+                return int(text)
+            # An integer, but longer than any int64/uint64 (the year 9999 in ns, say).
+            raise _SpanProblem(f"{key} is out of range: {_preview(value)}")
     raise _SpanProblem(f"{key} must be an integer, not {_preview(value)}")
 
 

@@ -21,18 +21,28 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psycopg
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from tokentrace.receiver.decode import Decoded, Rejection
-from tokentrace.store.rows import BuiltRow, RowError, SpanData, build_row
+from tokentrace.store.rows import (
+    BuiltRow,
+    CleanMapping,
+    RowError,
+    SpanData,
+    build_row,
+    clean_mapping,
+)
 from tokentrace.store.writer import SpanWriter
 
 _log = logging.getLogger(__name__)
 _SHOWN_REASONS = 5
+_LOG_INTERVAL_S = 10.0
 # Errors that mean "the database is not there right now", not "this data is bad".
 _UNAVAILABLE = (
     psycopg.OperationalError,
@@ -42,7 +52,10 @@ _UNAVAILABLE = (
 
 
 class Unavailable(Exception):
-    """The database cannot be reached; the client should retry later."""
+    """The database cannot be reached; the client should retry later.
+
+    The message is the database driver's, for the server log; clients get a generic one.
+    """
 
 
 class Overloaded(Exception):
@@ -95,6 +108,32 @@ def _ids(span: SpanData) -> tuple[str, str]:
     return span.trace_id.hex(), span.span_id.hex()
 
 
+def build_rows(
+    spans: list[SpanData], max_value_chars: int
+) -> tuple[list[BuiltRow], list[SpanData], list[Rejection]]:
+    """Rows for ``spans``, the spans they came from, and the spans ``build_row`` refused."""
+    rows: list[BuiltRow] = []
+    sources: list[SpanData] = []
+    refused: list[Rejection] = []
+    # The decoder gives the spans of one resource the same dict: clean it once, and
+    # the writer then encodes its JSON once, instead of once per span.
+    resources: dict[int, CleanMapping] = {}
+    for span in spans:
+        resource = resources.get(id(span.resource))
+        if resource is None:
+            resource = resources[id(span.resource)] = clean_mapping(span.resource, max_value_chars)
+        try:
+            row = build_row(span, max_value_chars, resource=resource)
+        except RowError as exc:
+            refused.append(Rejection(*_ids(span), str(exc)))
+            continue
+        if row.problems:
+            _log.debug("span %s/%s stored altered: %s", *_ids(span), "; ".join(row.problems))
+        rows.append(row)
+        sources.append(span)
+    return rows, sources, refused
+
+
 class Ingestor:
     """Stores decoded export requests; shared by the gRPC and HTTP servers (thread-safe)."""
 
@@ -105,6 +144,7 @@ class Ingestor:
         self._counts_lock = threading.Lock()
         self.spans_stored = 0
         self.spans_rejected = 0
+        self._last_logged: dict[str, float] = {}
 
     @contextmanager
     def admitted(self) -> Iterator[None]:
@@ -119,42 +159,44 @@ class Ingestor:
     def store(self, decoded: Decoded) -> ExportOutcome:
         """Build and commit the rows of ``decoded``; returns after the commit."""
         outcome = ExportOutcome(received=decoded.total, rejected=list(decoded.rejected))
-        rows, sources = self._build(decoded.spans, outcome)
+        rows, sources, refused = build_rows(decoded.spans, self._max_value_chars)
+        outcome.rejected.extend(refused)
         if rows:
             self._write(rows, sources, outcome)
         with self._counts_lock:
             self.spans_stored += outcome.stored
             self.spans_rejected += outcome.rejected_count
-        if outcome.rejected:
+        if outcome.rejected and self._may_log("rejected"):
             _log.info("export request: %s", outcome.error_message())
         return outcome
 
-    def _build(self, spans: list[SpanData], outcome: ExportOutcome) -> tuple[list[BuiltRow], list[SpanData]]:
-        rows: list[BuiltRow] = []
-        sources: list[SpanData] = []
-        limit = self._max_value_chars
-        for span in spans:
-            try:
-                row = build_row(span, limit)
-            except RowError as exc:
-                outcome.rejected.append(Rejection(*_ids(span), str(exc)))
-                continue
-            if row.problems:
-                _log.debug("span %s/%s stored altered: %s", *_ids(span), "; ".join(row.problems))
-            rows.append(row)
-            sources.append(span)
-        return rows, sources
+    def _may_log(self, topic: str) -> bool:
+        # Every client retries while the database is down, and a misbehaving one sends
+        # the same bad spans again and again: one line per topic per interval is enough.
+        now = time.monotonic()
+        with self._counts_lock:
+            if now - self._last_logged.get(topic, -_LOG_INTERVAL_S) < _LOG_INTERVAL_S:
+                return False
+            self._last_logged[topic] = now
+        return True
 
     def _write(self, rows: list[BuiltRow], sources: list[SpanData], outcome: ExportOutcome) -> None:
         try:
-            result = self._writer.write(rows)
+            # If the process runs under zero-code instrumentation (psycopg, say), writing
+            # spans must not itself make spans: that would feed back into this receiver.
+            with suppress_instrumentation():
+                result = self._writer.write(rows)
         except _UNAVAILABLE as exc:
+            if self._may_log("unavailable"):
+                _log.warning("database unavailable, clients told to retry: %s", _first_line(exc))
             raise Unavailable(_first_line(exc)) from exc
         except psycopg.Error as exc:
             _log.exception("the database refused a batch of %d spans", len(rows))
             raise StorageError(_first_line(exc)) from exc
         for index, reason in result.rejected:
-            outcome.rejected.append(Rejection(*_ids(sources[index]), f"refused by PostgreSQL: {reason}"))
+            outcome.rejected.append(
+                Rejection(*_ids(sources[index]), f"refused by PostgreSQL: {reason}")
+            )
         outcome.stored = result.inserted
         outcome.duplicates = result.duplicates
 

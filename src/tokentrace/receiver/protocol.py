@@ -45,7 +45,7 @@ RETRY_OVERLOADED_SECONDS: Final = 1
 STATUS_DETAILS_TRAILER: Final = "grpc-status-details-bin"
 RETRY_INFO_TRAILER: Final = "google.rpc.retryinfo-bin"
 
-_EMPTY_RESPONSE_PROTOBUF: Final = ExportTraceServiceResponse().SerializeToString()
+_EMPTY_RESPONSE_PROTOBUF: Final[bytes] = ExportTraceServiceResponse().SerializeToString()
 
 
 def export_response(rejected: int, message: str, content_type: str) -> bytes:
@@ -60,7 +60,8 @@ def export_response(rejected: int, message: str, content_type: str) -> bytes:
     response = ExportTraceServiceResponse(
         partial_success=ExportTracePartialSuccess(rejected_spans=rejected, error_message=message)
     )
-    return response.SerializeToString()
+    body: bytes = response.SerializeToString()
+    return body
 
 
 def retry_info(seconds: int) -> RetryInfo:
@@ -80,7 +81,8 @@ def status(code: int, message: str, retry_seconds: int | None = None) -> Status:
 def status_body(code: int, message: str, content_type: str) -> bytes:
     """An HTTP error body: ``google.rpc.Status`` in the request's encoding."""
     if content_type == PROTOBUF:
-        return status(code, message).SerializeToString()
+        body: bytes = status(code, message).SerializeToString()
+        return body
     return json.dumps({"code": code, "message": message}).encode()
 
 

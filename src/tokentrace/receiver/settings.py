@@ -30,7 +30,7 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,65 +141,58 @@ def parse_seconds(text: str, source: str) -> float:
     return value
 
 
-def _pick(args: argparse.Namespace | None, dest: str, flag: str, env: Mapping[str, str], var: str) -> tuple[str, str] | None:
-    """The raw value and where it came from: the argument if given, else the variable."""
-    value: Any = getattr(args, dest, None) if args is not None else None
-    if value is not None:
-        return str(value), flag
-    raw = env.get(var, "").strip()
-    return (raw, var) if raw else None
-
-
-def _tls_file(picked: tuple[str, str] | None) -> Path | None:
-    if picked is None:
-        return None
-    text, source = picked
+def parse_tls_file(text: str, source: str) -> Path:
     path = Path(text).expanduser()
     if not path.is_file():
         raise ConfigError(f"{source}={text!r}: no such file")
     return path
 
 
-def resolve(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> ServeSettings:
+# ServeSettings field -> (argparse dest, environment variable, parser, default).
+# The flag is the dest with dashes: --grpc-endpoint, --tls-cert, --grace.
+_OPTIONS: dict[str, tuple[str, str, Callable[[str, str], Any], Any]] = {
+    "grpc_endpoint": ("grpc_endpoint", "TOKENTRACE_GRPC_ENDPOINT", parse_endpoint,
+                      parse_endpoint(DEFAULT_GRPC_ENDPOINT, "default")),
+    "http_endpoint": ("http_endpoint", "TOKENTRACE_HTTP_ENDPOINT", parse_endpoint,
+                      parse_endpoint(DEFAULT_HTTP_ENDPOINT, "default")),
+    "tls_cert": ("tls_cert", "TOKENTRACE_TLS_CERT", parse_tls_file, None),
+    "tls_key": ("tls_key", "TOKENTRACE_TLS_KEY", parse_tls_file, None),
+    "grpc_max_request_bytes": ("grpc_max_request_bytes", "TOKENTRACE_GRPC_MAX_REQUEST_BYTES",
+                               parse_size, DEFAULT_GRPC_MAX_REQUEST_BYTES),
+    "http_max_request_bytes": ("http_max_request_bytes", "TOKENTRACE_HTTP_MAX_REQUEST_BYTES",
+                               parse_size, DEFAULT_HTTP_MAX_REQUEST_BYTES),
+    "max_inflight": ("max_inflight", "TOKENTRACE_SERVE_MAX_INFLIGHT", parse_count, DEFAULT_MAX_INFLIGHT),
+    "db_connections": ("db_connections", "TOKENTRACE_SERVE_DB_CONNECTIONS", parse_count,
+                       DEFAULT_DB_CONNECTIONS),
+    "grace_seconds": ("grace", "TOKENTRACE_SERVE_GRACE_SECONDS", parse_seconds, DEFAULT_GRACE_SECONDS),
+}  # fmt: skip
+
+
+def _value(args: argparse.Namespace | None, env: Mapping[str, str], field: str) -> Any:
+    dest, var, parse, default = _OPTIONS[field]
+    given = getattr(args, dest, None) if args is not None else None
+    if given is not None:
+        return parse(str(given), "--" + dest.replace("_", "-"))
+    raw = env.get(var, "").strip()
+    return parse(raw, var) if raw else default
+
+
+def resolve(
+    args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+) -> ServeSettings:
     """Validated settings from parsed arguments, then the environment, then defaults."""
     env = os.environ if environ is None else environ
-
-    def pick(dest: str, flag: str, var: str) -> tuple[str, str] | None:
-        return _pick(args, dest, flag, env, var)
-
-    def endpoint(dest: str, flag: str, var: str, default: str) -> Endpoint:
-        text, source = pick(dest, flag, var) or (default, "default")
-        return parse_endpoint(text, source)
-
-    def size(dest: str, flag: str, var: str, default: int) -> int:
-        picked = pick(dest, flag, var)
-        return default if picked is None else parse_size(*picked)
-
-    def count(dest: str, flag: str, var: str, default: int) -> int:
-        picked = pick(dest, flag, var)
-        return default if picked is None else parse_count(*picked)
-
-    cert = _tls_file(pick("tls_cert", "--tls-cert", "TOKENTRACE_TLS_CERT"))
-    key = _tls_file(pick("tls_key", "--tls-key", "TOKENTRACE_TLS_KEY"))
-    if (cert is None) != (key is None):
-        raise ConfigError("--tls-cert and --tls-key (TOKENTRACE_TLS_CERT/_KEY) go together: give both or neither")
-    grace = pick("grace", "--grace", "TOKENTRACE_SERVE_GRACE_SECONDS")
-    dsn = getattr(args, "dsn", None) if args is not None else None
+    values = {field: _value(args, env, field) for field in _OPTIONS}
+    if (values["tls_cert"] is None) != (values["tls_key"] is None):
+        raise ConfigError(
+            "--tls-cert and --tls-key (TOKENTRACE_TLS_CERT/_KEY) go together: give both or neither"
+        )
     return ServeSettings(
-        grpc_endpoint=endpoint("grpc_endpoint", "--grpc-endpoint", "TOKENTRACE_GRPC_ENDPOINT", DEFAULT_GRPC_ENDPOINT),
-        http_endpoint=endpoint("http_endpoint", "--http-endpoint", "TOKENTRACE_HTTP_ENDPOINT", DEFAULT_HTTP_ENDPOINT),
-        dsn=dsn or None,
+        **values,
+        dsn=(getattr(args, "dsn", None) if args is not None else None) or None,
         auth_token=env.get("TOKENTRACE_AUTH_TOKEN", "").strip() or None,
-        tls_cert=cert,
-        tls_key=key,
-        grpc_max_request_bytes=size("grpc_max_request_bytes", "--grpc-max-request-bytes",
-                                    "TOKENTRACE_GRPC_MAX_REQUEST_BYTES", DEFAULT_GRPC_MAX_REQUEST_BYTES),
-        http_max_request_bytes=size("http_max_request_bytes", "--http-max-request-bytes",
-                                    "TOKENTRACE_HTTP_MAX_REQUEST_BYTES", DEFAULT_HTTP_MAX_REQUEST_BYTES),
-        max_inflight=count("max_inflight", "--max-inflight", "TOKENTRACE_SERVE_MAX_INFLIGHT", DEFAULT_MAX_INFLIGHT),
-        db_connections=count("db_connections", "--db-connections", "TOKENTRACE_SERVE_DB_CONNECTIONS",
-                             DEFAULT_DB_CONNECTIONS),
-        grace_seconds=DEFAULT_GRACE_SECONDS if grace is None else parse_seconds(*grace),
         # The same variable and default as tokentrace.config.max_attribute_chars().
-        max_value_chars=env_int("TOKENTRACE_MAX_ATTRIBUTE_CHARS", DEFAULT_MAX_VALUE_CHARS, minimum=64, environ=env),
-    )  # fmt: skip
+        max_value_chars=env_int(
+            "TOKENTRACE_MAX_ATTRIBUTE_CHARS", DEFAULT_MAX_VALUE_CHARS, minimum=64, environ=env
+        ),
+    )

@@ -48,6 +48,9 @@ _MAX_NS = (dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc) - _EPOCH) // dt.tim
     microseconds=1
 ) * 1000
 _MAX_DEPTH = 32
+_timedelta = dt.timedelta
+_ZERO_TRACE_ID = bytes(16)
+_ZERO_SPAN_ID = bytes(8)
 
 
 class RowError(ValueError):
@@ -79,7 +82,12 @@ class BuiltRow:
 
 
 class _Sanitizer:
-    """Makes values storable, remembering what it changed and where."""
+    """Makes values storable, remembering what it changed and where.
+
+    Most values need no change: plain ASCII strings without NUL that fit, ints,
+    bools, finite floats, None. Those are recognised with a few cheap checks and
+    kept as they are; everything else takes the full path below.
+    """
 
     __slots__ = ("limit", "changed")
 
@@ -104,7 +112,27 @@ class _Sanitizer:
             self.changed.append(f"{where}: truncated {cut} chars")
         return value
 
+    def column(self, value: str | None) -> str | None:
+        """A short text column (name, model, …)."""
+        if value is None or (_is_plain_text(value) and len(value) <= _MAX_NAME_CHARS):
+            return value
+        return self.text("column", value, _MAX_NAME_CHARS)
+
     def value(self, where: str, value: Any, depth: int = 0) -> Any:
+        kind = type(value)
+        if kind is str:
+            if value.isascii() and len(value) <= self.limit and "\x00" not in value:
+                return value
+            return self.text(where, value)
+        if kind is int or kind is bool or value is None or (kind is float and _isfinite(value)):
+            return value
+        return self._other(where, value, depth)
+
+    def _other(self, where: str, value: Any, depth: int) -> Any:
+        kind = type(value)
+        if (kind is tuple or kind is list) and depth < _MAX_DEPTH:
+            # The common sequence types, without the slower ABC checks below.
+            return [self.value(where, v, depth + 1) for v in value]
         if isinstance(value, str):
             return self.text(where, value)
         if isinstance(value, (bool, int)) or value is None:
@@ -129,21 +157,57 @@ class _Sanitizer:
         return self.text(where, str(value))
 
     def mapping(self, items: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            self.text("attribute key", str(k), _MAX_NAME_CHARS): self.value(str(k)[:80], v)
-            for k, v in items.items()
-        }
+        clean: dict[str, Any] = {}
+        limit = self.limit
+        for key, value in items.items():
+            # Each key is cleaned before its value, so changes are listed in that order.
+            if type(key) is not str or len(key) > _MAX_NAME_CHARS or not key.isascii() or "\x00" in key:
+                clean_key = self.text("attribute key", str(key), _MAX_NAME_CHARS)
+            else:
+                clean_key = key
+            kind = type(value)
+            if kind is str:
+                if len(value) > limit or not value.isascii() or "\x00" in value:
+                    value = self.text(clean_key[:80], value)
+            elif not (kind is int or kind is bool or value is None or (kind is float and _isfinite(value))):
+                # Changes are labelled with the cleaned key: the labels are stored too.
+                value = self._other(clean_key[:80], value, 0)
+            clean[clean_key] = value
+        return clean
+
+
+def _is_plain_text(value: object) -> bool:
+    """A ``str`` that is ASCII and has no NUL (length is the caller's check)."""
+    return type(value) is str and value.isascii() and "\x00" not in value
+
+
+_isfinite = math.isfinite
+
+
+@dataclass(frozen=True, slots=True)
+class CleanMapping:
+    """A mapping made storable once, to be shared by many rows (a span resource)."""
+
+    values: dict[str, Any]
+    changes: tuple[str, ...]
+
+
+def clean_mapping(items: Mapping[str, Any], max_value_chars: int = DEFAULT_MAX_VALUE_CHARS) -> CleanMapping:
+    """``items`` made storable exactly as :func:`build_row` would make a resource."""
+    clean = _Sanitizer(max_value_chars)
+    values = clean.mapping(items)
+    return CleanMapping(values, tuple(clean.changed))
 
 
 def ns_to_datetime(ns: int) -> dt.datetime:
     """Nanoseconds since the epoch to an aware UTC datetime (microsecond precision)."""
-    return _EPOCH + dt.timedelta(microseconds=ns // 1000)
+    return _EPOCH + _timedelta(0, 0, ns // 1000)  # (days, seconds, µs): positional is faster
 
 
 def _check_ids(data: SpanData) -> None:
-    if len(data.trace_id) != 16 or not any(data.trace_id):
+    if len(data.trace_id) != 16 or data.trace_id == _ZERO_TRACE_ID:
         raise RowError(f"trace_id must be 16 bytes, not all zero (got {len(data.trace_id)} bytes)")
-    if len(data.span_id) != 8 or not any(data.span_id):
+    if len(data.span_id) != 8 or data.span_id == _ZERO_SPAN_ID:
         raise RowError(f"span_id must be 8 bytes, not all zero (got {len(data.span_id)} bytes)")
     if data.parent_span_id is not None and len(data.parent_span_id) not in (0, 8):
         raise RowError(f"parent_span_id must be 8 bytes (got {len(data.parent_span_id)} bytes)")
@@ -158,8 +222,18 @@ def _error_type(data: SpanData, attrs: Mapping[str, Any]) -> str | None:
     return "_OTHER" if data.status == "ERROR" else None
 
 
-def build_row(data: SpanData, max_value_chars: int = DEFAULT_MAX_VALUE_CHARS) -> BuiltRow:
-    """One storable row for ``data``; raises :class:`RowError` if it has no usable identity."""
+def build_row(
+    data: SpanData,
+    max_value_chars: int = DEFAULT_MAX_VALUE_CHARS,
+    *,
+    resource: CleanMapping | None = None,
+) -> BuiltRow:
+    """One storable row for ``data``; raises :class:`RowError` if it has no usable identity.
+
+    ``resource``, when given, stands for ``clean_mapping(data.resource,
+    max_value_chars)`` computed beforehand: spans of one resource can share it (and
+    its ``values`` dict) instead of each cleaning the same mapping again.
+    """
     _check_ids(data)
     clean = _Sanitizer(max_value_chars)
     attrs = clean.mapping(data.attributes)
@@ -172,23 +246,22 @@ def build_row(data: SpanData, max_value_chars: int = DEFAULT_MAX_VALUE_CHARS) ->
     attrs.update(eff.as_attributes())
     if clean.changed:
         attrs[A.TT_SANITIZED] = clean.changed[:20]
-    resource = clean.mapping(data.resource)
-    service = resource.get(A.SERVICE_NAME)
+    if resource is None:
+        resource = clean_mapping(data.resource, max_value_chars)
+    clean.changed.extend(resource.changes)
+    service = resource.values.get(A.SERVICE_NAME)
     start = ns_to_datetime(data.start_ns)
-
-    def short(value: str | None) -> str | None:
-        return None if value is None else clean.text("column", value, _MAX_NAME_CHARS)
-
+    column = clean.column
     values = (
         data.trace_id,
         data.span_id,
         data.parent_span_id or None,
-        short(data.name) or "",
+        column(data.name) or "",
         data.kind,
-        short(service) if isinstance(service, str) else None,
-        short(facts.operation),
-        short(facts.provider),
-        short(facts.model),
+        column(service) if isinstance(service, str) else None,
+        column(facts.operation),
+        column(facts.provider),
+        column(facts.model),
         start,
         ns_to_datetime(data.end_ns),
         duration_ms,
@@ -202,13 +275,17 @@ def build_row(data: SpanData, max_value_chars: int = DEFAULT_MAX_VALUE_CHARS) ->
         eff.load_ms,
         eff.token_source,
         data.status,
-        short(_error_type(data, attrs)),
+        column(_error_type(data, attrs)),
         attrs,
-        resource,
+        resource.values,
     )
     return BuiltRow(values=values, problems=clean.changed, start_time=start)
 
 
+# ``json.dumps`` with these options builds a new encoder on every call; one is enough.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def dumps(value: Any) -> str:
     """JSON for a jsonb column (values are already sanitized)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _JSON.encode(value)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
+from psycopg.types.string import BytesBinaryDumper
 
 from tokentrace.store.connection import connect
 from tokentrace.store.migrate import is_current, migrate
@@ -46,9 +46,15 @@ _CREATE_STAGING = (
 )
 _MERGE_STAGING = (
     f"INSERT INTO tokentrace.spans ({_COLUMN_LIST}) "
-    f"SELECT {_COLUMN_LIST} FROM tt_staging ON CONFLICT DO NOTHING"
+    f"SELECT {_COLUMN_LIST} FROM tt_staging ORDER BY start_time, trace_id, span_id "
+    "ON CONFLICT DO NOTHING"
 )
-_JSONB_COLUMNS = (COLUMNS.index("attributes"), COLUMNS.index("resource"))
+# The two jsonb columns are the last two: each row is its scalar values plus those,
+# sent already encoded (see _jsonb), so they go through the bytes dumper.
+_ATTRIBUTES, _RESOURCE = COLUMNS.index("attributes"), COLUMNS.index("resource")
+assert (_ATTRIBUTES, _RESOURCE) == (len(COLUMNS) - 2, len(COLUMNS) - 1)
+assert COLUMN_TYPES[_ATTRIBUTES] == COLUMN_TYPES[_RESOURCE] == "jsonb"
+_WIRE_TYPES = [*COLUMN_TYPES[:_ATTRIBUTES], "bytea", "bytea"]
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -137,7 +143,7 @@ class SpanWriter:
         with self._connection() as conn:
             self._ensure_partitions(conn, rows)
             try:
-                self._write_isolating(conn, list(enumerate(rows)), result)
+                self._write_isolating(conn, _in_key_order(rows), result)
             except _PartitionGone:
                 # A day we knew was dropped meanwhile (prune): recreate it and retry once.
                 conn.rollback()
@@ -145,7 +151,7 @@ class SpanWriter:
                 with self._days_lock:
                     self._known_days.clear()
                 self._ensure_partitions(conn, rows)
-                self._write_isolating(conn, list(enumerate(rows)), result)
+                self._write_isolating(conn, _in_key_order(rows), result)
         result.duplicates = result.received - result.inserted - len(result.rejected)
         return result
 
@@ -192,12 +198,36 @@ class SpanWriter:
         return max(inserted, 0)
 
 
+def _in_key_order(rows: Sequence[BuiltRow]) -> list[tuple[int, BuiltRow]]:
+    # Writers that insert overlapping batches (the same spans retried to two receivers)
+    # take the key locks in the same order, so they wait on each other instead of
+    # deadlocking.
+    return sorted(enumerate(rows), key=lambda item: (item[1].start_time, item[1].values[0], item[1].values[1]))
+
+
 def _copy(conn: Conn, statement: str, rows: Sequence[BuiltRow]) -> None:
-    with conn.cursor() as cur, cur.copy(statement) as copy:
-        copy.set_types(list(COLUMN_TYPES))
-        attrs_i, resource_i = _JSONB_COLUMNS
-        for row in rows:
-            values = list(row.values)
-            values[attrs_i] = Jsonb(values[attrs_i], dumps=dumps)
-            values[resource_i] = Jsonb(values[resource_i], dumps=dumps)
-            copy.write_row(values)
+    with conn.cursor() as cur:
+        # For bytea, psycopg's default dumper by type is a Python one (it also accepts
+        # the DB-API ``Binary`` wrapper); plain bytes are all we send, so the C one does.
+        cur.adapters.register_dumper(bytes, BytesBinaryDumper)
+        with cur.copy(statement) as copy:
+            copy.set_types(_WIRE_TYPES)
+            write_row = copy.write_row
+            shared: Any = None
+            shared_jsonb = b""
+            for row in rows:
+                values = row.values
+                resource = values[_RESOURCE]
+                if resource is not shared:
+                    # Rows of one resource share its dict: its JSON is encoded once.
+                    shared, shared_jsonb = resource, _jsonb(resource)
+                write_row((*values[:_ATTRIBUTES], _jsonb(values[_ATTRIBUTES]), shared_jsonb))
+
+
+def _jsonb(value: Any) -> bytes:
+    """``value`` in jsonb's binary COPY format: version 1, then the JSON text.
+
+    Byte for byte what psycopg's ``JsonbBinaryDumper`` sends for ``Jsonb(value)``,
+    without a Python dumper call per value.
+    """
+    return b"\x01" + dumps(value).encode()

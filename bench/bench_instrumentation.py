@@ -1,0 +1,454 @@
+"""Benchmark of the client instrumentation (issue 4): what a traced call costs.
+
+Two kinds of figures, measured in the same run against same-run baselines:
+
+over the network
+    the real ``ollama`` and ``openai`` clients against the local fake servers of
+    the test suite (``tests/fakeservers.py``, in a child process so the server does
+    not compete with the client for the GIL): µs per non-streamed ``chat`` call
+    instrumented minus uninstrumented, same client, same server; and µs per
+    streamed chunk (a stream of ``--chunks`` chunks, instrumented minus plain, less
+    the per-call figure, over the chunk count).
+in process
+    the instrumentation's wrapper around a stand-in for the library's request
+    function that returns a real, prebuilt response (or a list of real chunk
+    objects): the instrumentation's own cost without the round trip, whose jitter
+    on a shared machine is larger than the overhead being measured.
+
+"Instrumented" means tokentrace's span pipeline — ``TokenEfficiencySpanProcessor``
+→ ``BatchSpanProcessor`` → an exporter that reads every span's attributes (which
+derives ms/token, as any exporter does) and drops it; storage is the subject of
+``bench_export.py`` — in two configurations: **traces** (no ``MeterProvider``: the
+metrics API is a no-op, as after ``tokentrace.instrument()``) and **traces +
+metrics** (an SDK ``MeterProvider`` records the four GenAI histograms).
+
+Runs are interleaved (baseline batch, instrumented batch, …); each figure is the
+median over the rounds. CPU time (``time.process_time``, all threads, so the batch
+exporter's work is included) is the primary figure; wall time is shown for the
+network runs. A bare SDK span (start + end, no processor) is timed as the
+machine's yardstick.
+
+Usage::
+
+    python bench/bench_instrumentation.py            # a few minutes
+    python bench/bench_instrumentation.py --quick    # under a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TARGET_CALL_US = 50.0
+TARGET_CHUNK_US = 1.0
+MODEL = "bench"
+MESSAGES = [{"role": "user", "content": "Hi"}]
+
+
+# --- the server child ---------------------------------------------------------------
+def serve(chunks: int) -> None:
+    """Run both fake servers until stdin closes; print their URLs first."""
+    from tests.fakeservers import FakeOllama, FakeOpenAI, Script
+
+    # A warm model: Ollama still reports a few ms of load_duration (the scheduler).
+    scripts = {
+        MODEL: Script(
+            load_ns=3_000_000, prompt_eval_ns=2_000_000, eval_ns=4_500_000, total_ns=9_000_000
+        ),
+        "stream": Script(tokens=["x"] * chunks, eval_ns=1_000_000),
+    }
+    with FakeOllama(dict(scripts)) as native, FakeOpenAI(dict(scripts)) as compatible:
+        print(json.dumps({"ollama": native.url, "openai": compatible.url}), flush=True)
+        sys.stdin.read()
+
+
+# --- measuring ----------------------------------------------------------------------
+def _batch(fn: Callable[[], Any], n: int) -> tuple[float, float]:
+    """Mean wall and CPU µs of ``fn`` over ``n`` calls."""
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        fn()
+    wall1, cpu1 = time.perf_counter(), time.process_time()
+    return (wall1 - wall0) / n * 1e6, (cpu1 - cpu0) / n * 1e6
+
+
+def _interleaved(
+    plain: Callable[[], Any], traced: Callable[[], Any], n: int, rounds: int
+) -> dict[str, float]:
+    """Median over rounds of (traced − plain), wall and CPU µs, plus the baselines."""
+    for _ in range(max(n // 10, 3)):
+        plain()
+        traced()
+    base: list[tuple[float, float]] = []
+    diff: list[tuple[float, float]] = []
+    for _ in range(rounds):
+        p, t = _batch(plain, n), _batch(traced, n)
+        base.append(p)
+        diff.append((t[0] - p[0], t[1] - p[1]))
+    return {
+        "baseline_wall_us": statistics.median(b[0] for b in base),
+        "baseline_cpu_us": statistics.median(b[1] for b in base),
+        "overhead_wall_us": statistics.median(d[0] for d in diff),
+        "overhead_cpu_us": statistics.median(d[1] for d in diff),
+    }
+
+
+class Tracing:
+    """tokentrace's span pipeline with an exporter that stores nothing."""
+
+    def __init__(self, metrics: bool) -> None:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+
+        from tokentrace.processor import TokenEfficiencySpanProcessor
+
+        class Drop(SpanExporter):
+            def export(self, spans: Sequence[Any]) -> SpanExportResult:
+                for span in spans:
+                    _ = span.attributes
+                return SpanExportResult.SUCCESS
+
+        batcher = BatchSpanProcessor(
+            Drop(), max_queue_size=1 << 20, max_export_batch_size=4096, schedule_delay_millis=100
+        )
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(TokenEfficiencySpanProcessor(batcher))
+        self.meter_provider = (
+            MeterProvider(metric_readers=[InMemoryMetricReader()]) if metrics else None
+        )
+        self.label = "traces + metrics" if metrics else "traces"
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"tracer_provider": self.tracer_provider}
+        if self.meter_provider is not None:
+            out["meter_provider"] = self.meter_provider
+        return out
+
+    def shutdown(self) -> None:
+        self.tracer_provider.shutdown()
+        if self.meter_provider is not None:
+            self.meter_provider.shutdown()
+
+
+# --- over the network ---------------------------------------------------------------
+def _network_pair(
+    fn: Callable[[], Any], instrumentor: Any, tracing: Tracing, n: int, rounds: int
+) -> dict[str, float]:
+    """Like :func:`_interleaved`, instrumenting the real library around each traced batch."""
+    for _ in range(max(n // 5, 3)):
+        fn()  # warm the connection pool
+    base: list[tuple[float, float]] = []
+    diff: list[tuple[float, float]] = []
+    for _ in range(rounds):
+        plain = _batch(fn, n)
+        instrumentor.instrument(**tracing.kwargs)
+        try:
+            traced = _batch(fn, n)
+        finally:
+            instrumentor.uninstrument()
+        tracing.tracer_provider.force_flush()
+        base.append(plain)
+        diff.append((traced[0] - plain[0], traced[1] - plain[1]))
+    return {
+        "baseline_wall_us": statistics.median(b[0] for b in base),
+        "baseline_cpu_us": statistics.median(b[1] for b in base),
+        "overhead_wall_us": statistics.median(d[0] for d in diff),
+        "overhead_cpu_us": statistics.median(d[1] for d in diff),
+    }
+
+
+def network(quick: bool, chunks: int) -> dict[str, Any]:
+    import ollama
+    import openai
+
+    from tokentrace.instrumentation.ollama import OllamaInstrumentor
+    from tokentrace.instrumentation.openai import OpenAIInstrumentor
+
+    calls, streams, rounds = (100, 4, 3) if quick else (400, 16, 7)
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", "--chunks", str(chunks)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    pipelines = (Tracing(metrics=False), Tracing(metrics=True))
+    out: dict[str, Any] = {}
+    try:
+        assert child.stdout is not None
+        urls = json.loads(child.stdout.readline())
+        with (
+            ollama.Client(host=urls["ollama"]) as oc,
+            openai.OpenAI(base_url=urls["openai"] + "/v1", api_key="k", max_retries=0) as ac,
+        ):
+
+            def ollama_chat() -> None:
+                oc.chat(model=MODEL, messages=MESSAGES)
+
+            def openai_chat() -> None:
+                ac.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+
+            def ollama_stream() -> None:
+                for _ in oc.chat(model="stream", messages=MESSAGES, stream=True):
+                    pass
+
+            def openai_stream() -> None:
+                for _ in ac.chat.completions.create(model="stream", messages=MESSAGES, stream=True):  # type: ignore[arg-type]
+                    pass
+
+            for tracing in pipelines:
+                out[f"ollama chat ({tracing.label})"] = _network_pair(
+                    ollama_chat, OllamaInstrumentor(), tracing, calls, rounds
+                )
+                out[f"openai chat ({tracing.label})"] = _network_pair(
+                    openai_chat, OpenAIInstrumentor(), tracing, calls, rounds
+                )
+            traces = pipelines[0]
+            ollama_s = _network_pair(ollama_stream, OllamaInstrumentor(), traces, streams, rounds)
+            openai_s = _network_pair(openai_stream, OpenAIInstrumentor(), traces, streams, rounds)
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        child.wait(timeout=30)
+        for tracing in pipelines:
+            tracing.shutdown()
+    out["ollama per chunk"] = _per_chunk(ollama_s, out["ollama chat (traces)"], chunks + 1)
+    out["openai per chunk"] = _per_chunk(openai_s, out["openai chat (traces)"], chunks)
+    return out
+
+
+def _per_chunk(stream: dict[str, float], call: dict[str, float], chunks: int) -> dict[str, float]:
+    return {
+        "baseline_wall_us": stream["baseline_wall_us"] / chunks,
+        "baseline_cpu_us": stream["baseline_cpu_us"] / chunks,
+        "overhead_wall_us": (stream["overhead_wall_us"] - call["overhead_wall_us"]) / chunks,
+        "overhead_cpu_us": (stream["overhead_cpu_us"] - call["overhead_cpu_us"]) / chunks,
+    }
+
+
+# --- in process ---------------------------------------------------------------------
+def _returns(value: Any) -> Callable[..., Any]:
+    return lambda *args, **kwargs: value
+
+
+def in_process(quick: bool, chunks: int, tracing: Tracing) -> dict[str, Any]:
+    """The wrappers' own cost around prebuilt real responses (no network)."""
+    import ollama
+    import openai
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    from tokentrace.instrumentation import _openai_stream
+    from tokentrace.instrumentation import ollama as tt_ollama
+    from tokentrace.instrumentation import openai as tt_openai
+    from tokentrace.instrumentation._common import Call, telemetry_from
+    from tokentrace.instrumentation.openai import SpanKind
+
+    n, rounds = (2_000, 3) if quick else (20_000, 7)
+    m = max(n // chunks, 10)
+    telemetry = telemetry_from("bench", tracing.kwargs)
+    out: dict[str, Any] = {}
+
+    # Ollama: _request(cls, "POST", path, json=..., stream=...) returning a ChatResponse.
+    reply = ollama.ChatResponse(
+        model=MODEL, done=True, done_reason="stop", message=ollama.Message(role="assistant", content="Hi!"),
+        total_duration=9_000_000, load_duration=3_000_000, prompt_eval_count=7,
+        prompt_eval_duration=2_000_000, eval_count=3, eval_duration=4_500_000,
+    )  # fmt: skip
+    no_load = reply.model_copy(update={"load_duration": None})
+    client = ollama.Client(host="http://127.0.0.1:11434")
+    args = (ollama.ChatResponse, "POST", "/api/chat")
+    body = {"model": MODEL, "messages": MESSAGES, "stream": False}
+    wrapper = tt_ollama._sync_wrapper(telemetry, 0)
+    for label, response in (("ollama chat", reply), ("ollama chat, no load reported", no_load)):
+        request = _returns(response)
+        out[label] = _interleaved(
+            lambda: request(*args, json=body, stream=False),  # noqa: B023
+            lambda: wrapper(request, client, args, {"json": body, "stream": False}),  # noqa: B023
+            n, rounds,
+        )  # fmt: skip
+
+    parts = [
+        ollama.ChatResponse(
+            model=MODEL, done=False, message=ollama.Message(role="assistant", content="x")
+        )
+    ]
+    parts = parts * chunks + [no_load]
+
+    def parts_gen(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        return (p for p in parts)
+
+    def ollama_plain() -> None:
+        for _ in parts_gen():
+            pass
+
+    def ollama_traced() -> None:
+        for _ in wrapper(parts_gen, client, args, {"json": body, "stream": True}):
+            pass
+
+    stream = _interleaved(ollama_plain, ollama_traced, m, rounds)
+    out["ollama per chunk"] = _per_chunk(stream, out["ollama chat, no load reported"], chunks + 1)
+
+    # OpenAI: Completions.create(model=..., messages=...) returning a ChatCompletion.
+    completion = ChatCompletion.model_validate({
+        "id": "c1", "object": "chat.completion", "created": 1, "model": MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+    })  # fmt: skip
+    oa = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="k")
+    create = _returns(completion)
+    create_wrapper = tt_openai._sync_wrapper(telemetry, "chat", ())
+    kwargs = {"model": MODEL, "messages": MESSAGES}
+    out["openai chat"] = _interleaved(
+        lambda: create(**kwargs),
+        lambda: create_wrapper(create, oa.chat.completions, (), kwargs),
+        n,
+        rounds,
+    )
+
+    chunk = ChatCompletionChunk.model_validate({
+        "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+        "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}],
+    })  # fmt: skip
+    chunk_list = [chunk] * chunks
+    attrs = {"gen_ai.operation.name": "chat", "gen_ai.request.model": MODEL}
+
+    def openai_plain() -> None:
+        for _ in iter(chunk_list):
+            pass
+
+    def openai_traced() -> None:
+        call = Call(telemetry, f"chat {MODEL}", SpanKind.CLIENT, attrs)
+        state = _openai_stream.StreamState("chat", capture_content=False)
+        for _ in _openai_stream.traced_stream(iter(chunk_list), call, state):
+            pass
+
+    stream = _interleaved(openai_plain, openai_traced, m, rounds)
+    out["openai per chunk"] = _per_chunk(stream, out["openai chat"], chunks)
+    oa.close()
+    client.close()
+    return out
+
+
+def reference_span_us(quick: bool) -> float:
+    """CPU µs of one bare SDK span (start + end, no processor): the machine's yardstick."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("bench")
+
+    def span() -> None:
+        tracer.start_span("chat bench", attributes={"gen_ai.request.model": MODEL}).end()
+
+    return _interleaved(lambda: None, span, 2_000 if quick else 20_000, 3 if quick else 7)[
+        "overhead_cpu_us"
+    ]
+
+
+def run(quick: bool, chunks: int) -> dict[str, Any]:
+    result: dict[str, Any] = {"reference_span_us": reference_span_us(quick), "in_process": {}}
+    for metrics in (False, True):
+        tracing = Tracing(metrics)
+        try:
+            result["in_process"][tracing.label] = in_process(quick, chunks, tracing)
+        finally:
+            tracing.shutdown()
+    result["network"] = network(quick, chunks)
+    return result
+
+
+# --- report -------------------------------------------------------------------------
+def _machine() -> str:
+    def out(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(
+                cmd, capture_output=True, text=True, timeout=10, check=False
+            ).stdout.strip()
+        except OSError:
+            return "?"
+
+    memory = out(["free", "-h"]).splitlines()
+    total = memory[1].split()[1] if len(memory) > 1 else "?"
+    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+    return f"{out(['nproc'])} CPUs, {total} RAM, load average {load} at the end, Python {platform.python_version()}"
+
+
+def report(data: dict[str, Any], quick: bool) -> str:
+    from importlib.metadata import version
+
+    lines = [
+        (
+            f"{dt.date.today().isoformat()}{' (--quick)' if quick else ''} · {_machine()} · ollama "
+            f"{version('ollama')}, openai {version('openai')}, opentelemetry-sdk {version('opentelemetry-sdk')}"
+        ),
+        "",
+        f"Yardstick: one bare SDK span (start + end, no processor) = {data['reference_span_us']:.1f} µs CPU.",
+        "",
+        "In process (the wrapper around a prebuilt real response; CPU µs, median):",
+        "",
+        "| | traces | traces + metrics |",
+        "| --- | --- | --- |",
+    ]
+    by_config = data["in_process"]
+    for key in by_config["traces"]:
+        unit = "chunk" if "chunk" in key else "call"
+        cells = " | ".join(
+            f"{by_config[c][key]['overhead_cpu_us']:.2f}" for c in ("traces", "traces + metrics")
+        )
+        lines.append(f"| {key} (µs/{unit}) | {cells} |")
+    lines += [
+        "",
+        (
+            "Over the network (real client, local fake server in another process; median of the "
+            "per-round difference, same-run baseline):"
+        ),
+        "",
+        "| | baseline wall / CPU µs | overhead wall / CPU µs |",
+        "| --- | --- | --- |",
+    ]
+    for key, r in data["network"].items():
+        unit = "chunk" if "chunk" in key else "call"
+        lines.append(
+            f"| {key} (per {unit}) | {r['baseline_wall_us']:.1f} / {r['baseline_cpu_us']:.1f} "
+            f"| {r['overhead_wall_us']:.2f} / {r['overhead_cpu_us']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Targets: ≤ {TARGET_CALL_US:.0f} µs per non-streamed call, ≤ {TARGET_CHUNK_US:.0f} µs per streamed chunk.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few calls: a smoke run")
+    parser.add_argument(
+        "--chunks", type=int, default=500, help="chunks per streamed call (default 500)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.chunks)
+        return 0
+    data = run(args.quick, args.chunks)
+    print(json.dumps(data, indent=2) if args.json else report(data, args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,560 @@
+"""Receiver benchmark (issue 3): spans/s committed through OTLP/gRPC and OTLP/HTTP.
+
+The workload: ``--requests`` pre-encoded ``ExportTraceServiceRequest`` messages of
+``--spans`` GenAI chat spans each (12 span attributes, 5 resource attributes, the
+shape the official SDK sends), the same bytes for every phase. The table of the
+target database is emptied before each phase, so every phase stores every span.
+
+Phases, in each of ``--runs`` rounds (the table prints the median):
+
+raw COPY
+    the very rows the receiver would store, fetched back as PostgreSQL's own binary
+    ``COPY`` payload and loaded again with ``COPY … FROM STDIN``, one transaction per
+    request, from ``--clients`` connections: PostgreSQL's limit, nothing else.
+SpanWriter
+    the same rows, built beforehand as the receiver builds them, written by the store's
+    ``SpanWriter`` from ``--clients`` threads: the store's limit (adds Python COPY
+    encoding, JSON).
+gRPC ×N / HTTP ×N
+    ``N`` receiver processes (``tokentrace serve``, default settings) on loopback;
+    ``--clients`` client threads send the requests as fast as they are
+    acknowledged, request *i* to receiver *i mod N*. A receiver answers only after
+    the COPY is committed, so spans/s = spans ÷ (last answer − first send). Every
+    answer is checked to be a full success, and the stored rows are counted.
+
+For each phase the CPU seconds used by the receivers, the PostgreSQL processes and
+this client process are read, per span, to show which one is the bottleneck. A
+final in-process profile splits the receiver's own work into decode, build rows
+(normalize + derive + sanitize) and write (COPY + commit).
+
+Usage::
+
+    python bench/bench_receiver.py                 # 5 rounds of 40 × 512 spans
+    python bench/bench_receiver.py --quick         # a smoke run
+    python bench/bench_receiver.py --dsn postgresql://...   # an existing server (emptied!)
+
+Without ``--dsn`` a fresh embedded PostgreSQL runs in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import psycopg
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+from tokentrace.receiver.decode import decode_protobuf
+from tokentrace.receiver.grpc_server import FULL_METHOD
+from tokentrace.receiver.ingest import build_rows
+from tokentrace.store.embedded import embedded_dsn, stop_embedded
+from tokentrace.store.migrate import migrate
+from tokentrace.store.rows import COLUMNS, DEFAULT_MAX_VALUE_CHARS
+from tokentrace.store.writer import SpanWriter
+
+SERVE = (
+    "import argparse, sys; from tokentrace.receiver import cli; p = argparse.ArgumentParser(); "
+    "cli.add_arguments(p); sys.exit(cli.run(p.parse_args(sys.argv[1:])))"
+)
+MODELS = ("llama3.2", "qwen2.5:7b", "mistral-7b-instruct", "phi3:mini", "gemma2:9b")
+
+
+# --- workload ---------------------------------------------------------------------
+def _kv(key: str, **value: Any) -> KeyValue:
+    return KeyValue(key=key, value=AnyValue(**value))
+
+
+def make_request(spans: int, seed: int) -> bytes:
+    rnd = random.Random(seed)
+    now = time.time_ns()
+    items = []
+    for _ in range(spans):
+        model = rnd.choice(MODELS)
+        start = now - rnd.randrange(60 * 10**9, 3_600 * 10**9)
+        items.append(
+            Span(
+                trace_id=rnd.randbytes(16),
+                span_id=rnd.randbytes(8),
+                parent_span_id=rnd.randbytes(8),
+                name=f"chat {model}",
+                kind=Span.SPAN_KIND_CLIENT,
+                start_time_unix_nano=start,
+                end_time_unix_nano=start + rnd.randrange(10**8, 2 * 10**10),
+                attributes=[
+                    _kv("gen_ai.operation.name", string_value="chat"),
+                    _kv("gen_ai.provider.name", string_value="ollama"),
+                    _kv("gen_ai.request.model", string_value=model),
+                    _kv("gen_ai.response.model", string_value=model),
+                    _kv("gen_ai.usage.input_tokens", int_value=rnd.randrange(10, 4000)),
+                    _kv("gen_ai.usage.output_tokens", int_value=rnd.randrange(1, 1000)),
+                    _kv("gen_ai.request.max_tokens", int_value=1024),
+                    _kv("gen_ai.request.temperature", double_value=0.7),
+                    _kv("gen_ai.request.stream", bool_value=True),
+                    _kv("gen_ai.response.time_to_first_chunk", double_value=rnd.random()),
+                    _kv("server.address", string_value="127.0.0.1"),
+                    _kv("server.port", int_value=11434),
+                ],
+            )
+        )
+    resource = Resource(
+        attributes=[
+            _kv("service.name", string_value="chat-api"),
+            _kv("service.version", string_value="1.4.2"),
+            _kv("telemetry.sdk.language", string_value="python"),
+            _kv("telemetry.sdk.name", string_value="opentelemetry"),
+            _kv("telemetry.sdk.version", string_value="1.45.2"),
+        ]
+    )
+    request = ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(
+                resource=resource,
+                scope_spans=[ScopeSpans(scope=InstrumentationScope(name="bench"), spans=items)],
+            )
+        ]
+    )
+    body: bytes = request.SerializeToString()
+    return body
+
+
+# --- database helpers -------------------------------------------------------------
+def reset(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE tokentrace.spans")
+        conn.execute("CHECKPOINT")
+
+
+def stored(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM tokentrace.spans").fetchone()
+    return int(row[0]) if row else 0
+
+
+def copy_payloads(dsn: str, requests: Sequence[bytes]) -> list[bytes]:
+    """PostgreSQL's binary COPY payload of each request's rows (stored once, read back)."""
+    writer = SpanWriter(dsn, max_connections=1)
+    payloads = []
+    columns = ", ".join(COLUMNS)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for body in requests:
+            conn.execute("TRUNCATE tokentrace.spans")
+            writer.write(build_rows(decode_protobuf(body).spans, DEFAULT_MAX_VALUE_CHARS)[0])
+            with (
+                conn.cursor() as cur,
+                cur.copy(
+                    f"COPY (SELECT {columns} FROM tokentrace.spans) TO STDOUT (FORMAT BINARY)"
+                ) as copy,
+            ):
+                payloads.append(b"".join(bytes(chunk) for chunk in copy))
+    writer.close()
+    return payloads
+
+
+def postmaster_of(dsn: str) -> psutil.Process | None:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    try:
+        return psutil.Process(int(row[0]) if row else 0).parent()
+    except psutil.Error:
+        return None
+
+
+def postgres_cpu(postmaster: psutil.Process | None) -> float:
+    """CPU seconds of PostgreSQL so far: the postmaster, its live backends, and (through
+    the postmaster's children times) every backend that has exited."""
+    if postmaster is None:
+        return 0.0
+    try:
+        own = postmaster.cpu_times()
+        total: float = own.user + own.system + own.children_user + own.children_system
+        children = postmaster.children()
+    except psutil.Error:
+        return 0.0
+    return total + sum(cpu_seconds(children).values())
+
+
+def cpu_seconds(processes: Sequence[psutil.Process]) -> dict[int, float]:
+    out = {}
+    for proc in processes:
+        try:
+            times = proc.cpu_times()
+            out[proc.pid] = times.user + times.system
+        except psutil.Error:
+            pass
+    return out
+
+
+# --- receivers and clients --------------------------------------------------------
+class ServeProcess:
+    """One ``tokentrace serve`` on loopback, ports chosen by the kernel."""
+
+    def __init__(self, dsn: str, log: Path) -> None:
+        env = dict(os.environ, TOKENTRACE_DSN=dsn)
+        env.pop("TOKENTRACE_AUTH_TOKEN", None)
+        self.log = log
+        with log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    SERVE,
+                    "--grpc-endpoint",
+                    "127.0.0.1:0",
+                    "--http-endpoint",
+                    "127.0.0.1:0",
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.ps = psutil.Process(self.proc.pid)
+        self.grpc_port, self.http_port = self._ports()
+
+    def _ports(self, timeout: float = 60) -> tuple[int, int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text()
+            grpc_port = re.search(r"OTLP/gRPC listening on [\d.]+:(\d+)", text)
+            http_port = re.search(r"OTLP/HTTP and reports listening on http://[\d.]+:(\d+)", text)
+            if grpc_port and http_port:
+                return int(grpc_port.group(1)), int(http_port.group(1))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"tokentrace serve did not start:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def _check(response: bytes) -> None:
+    parsed = ExportTraceServiceResponse.FromString(response)
+    if parsed.partial_success.rejected_spans:
+        raise RuntimeError(f"spans rejected: {parsed.partial_success.error_message}")
+
+
+def grpc_client(ports: Sequence[int]) -> Callable[[int, bytes], None]:
+    channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for port in ports]
+    calls = [channel.unary_unary(FULL_METHOD, _registered_method=True) for channel in channels]
+
+    def send(index: int, body: bytes) -> None:
+        _check(calls[index % len(calls)](body, timeout=120))
+
+    return send
+
+
+def http_client(ports: Sequence[int]) -> Callable[[int, bytes], None]:
+    local = threading.local()
+
+    def send(index: int, body: bytes) -> None:
+        port = ports[index % len(ports)]
+        conns = getattr(local, "conns", None)
+        if conns is None:
+            conns = local.conns = {
+                p: http.client.HTTPConnection("127.0.0.1", p, timeout=120) for p in ports
+            }
+        conns[port].request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
+        response = conns[port].getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+        _check(data)
+
+    return send
+
+
+def drive(send: Callable[[int, bytes], None], requests: Sequence[bytes], clients: int) -> float:
+    """Send every request from ``clients`` threads; seconds from first send to last answer."""
+    next_index = iter(range(len(requests)))
+    lock = threading.Lock()
+    errors: list[Exception] = []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = next(next_index, None)
+            if i is None:
+                return
+            try:
+                send(i, requests[i])
+            except Exception as exc:  # noqa: BLE001 - reported after the phase
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    if errors:
+        raise RuntimeError(f"{len(errors)} client errors, first: {errors[0]!r}")
+    return elapsed
+
+
+# --- phases -----------------------------------------------------------------------
+class Bench:
+    def __init__(self, dsn: str, requests: list[bytes], clients: int, workdir: Path) -> None:
+        self.dsn, self.requests, self.clients, self.workdir = dsn, requests, clients, workdir
+        self.spans = sum(len(decode_protobuf(b).spans) for b in requests)
+        self.rows = [
+            build_rows(decode_protobuf(b).spans, DEFAULT_MAX_VALUE_CHARS)[0] for b in requests
+        ]
+        self.payloads = copy_payloads(dsn, requests)
+        # Connections stay open across phases, as a receiver's do: their CPU time is
+        # read while they live (a backend that just exited may not be counted yet).
+        self.copy_conns = [psycopg.connect(dsn) for _ in range(clients)]
+        self.writer = SpanWriter(dsn, max_connections=clients)
+        self.postmaster = postmaster_of(dsn)
+        self.me = psutil.Process()
+
+    def measure(
+        self, run: Callable[[], float], receivers: Sequence[ServeProcess] = ()
+    ) -> dict[str, float]:
+        reset(self.dsn)
+        pg_before, me_before = postgres_cpu(self.postmaster), cpu_seconds([self.me])
+        rx_before = cpu_seconds([r.ps for r in receivers])
+        seconds = run()
+        pg_after, me_after = postgres_cpu(self.postmaster), cpu_seconds([self.me])
+        rx_after = cpu_seconds([r.ps for r in receivers])
+        count = stored(self.dsn)
+        if count != self.spans:
+            raise RuntimeError(f"stored {count} rows, expected {self.spans}")
+
+        def per_span_us(before: dict[int, float], after: dict[int, float]) -> float:
+            return sum(after[p] - before.get(p, 0.0) for p in after) / self.spans * 1e6
+
+        return {
+            "rate": self.spans / seconds,
+            "rx_us": per_span_us(rx_before, rx_after),
+            "pg_us": (pg_after - pg_before) / self.spans * 1e6,
+            "client_us": per_span_us(me_before, me_after),
+        }
+
+    def raw_copy(self) -> float:
+        statement = f"COPY tokentrace.spans ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+
+        def send(index: int, _: bytes) -> None:
+            conn = self.copy_conns[index % len(self.copy_conns)]
+            with conn.cursor() as cur, cur.copy(statement) as copy:
+                copy.write(self.payloads[index])
+            conn.commit()
+
+        # Each connection is used by one thread at a time: thread i owns index ≡ i.
+        return drive_owned(send, len(self.payloads), len(self.copy_conns))
+
+    def sender(self, send: Callable[[int, bytes], None]) -> Callable[[], float]:
+        """A phase that sends every request through ``send``."""
+        return lambda: drive(send, self.requests, self.clients)
+
+    def span_writer(self) -> float:
+        return drive(
+            lambda i, _: _ignore(self.writer.write(self.rows[i])), self.requests, self.clients
+        )
+
+    def close(self) -> None:
+        for conn in self.copy_conns:
+            conn.close()
+        self.writer.close()
+
+
+def _ignore(_: object) -> None:
+    pass
+
+
+def drive_owned(send: Callable[[int, bytes], None], count: int, workers: int) -> float:
+    """Like :func:`drive`, but worker ``w`` sends exactly the indexes ``w, w+workers, …``."""
+    errors: list[Exception] = []
+
+    def worker(w: int) -> None:
+        try:
+            for i in range(w, count, workers):
+                send(i, b"")
+        except Exception as exc:  # noqa: BLE001 - reported after the phase
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"raw COPY failed: {errors[0]!r}")
+    return time.perf_counter() - began
+
+
+def profile(dsn: str, requests: Sequence[bytes]) -> dict[str, float]:
+    """The receiver's own work per span, in one thread: decode, build rows, write.
+
+    CPU time of this thread (``time.thread_time``), so other load on the machine
+    does not inflate it; "write" is the Python side of COPY (PostgreSQL's own CPU is
+    in the phase table).
+    """
+    reset(dsn)
+    writer = SpanWriter(dsn, max_connections=1)
+    cpu = {"decode": 0.0, "build_row": 0.0, "write": 0.0}
+    spans = 0
+    for body in requests:
+        t0 = time.thread_time()
+        decoded = decode_protobuf(body)
+        t1 = time.thread_time()
+        rows = build_rows(decoded.spans, DEFAULT_MAX_VALUE_CHARS)[0]
+        t2 = time.thread_time()
+        writer.write(rows)
+        t3 = time.thread_time()
+        cpu["decode"] += t1 - t0
+        cpu["build_row"] += t2 - t1
+        cpu["write"] += t3 - t2
+        spans += len(rows)
+    writer.close()
+    return {stage: seconds / spans * 1e6 for stage, seconds in cpu.items()}
+
+
+def print_profile(dsn: str, requests: Sequence[bytes]) -> None:
+    """The 20 functions the receiver pipeline spends most of its own time in."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    profile(dsn, requests)
+    profiler.disable()
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+
+
+# --- main -------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dsn", help="an existing PostgreSQL (its tokentrace.spans is emptied!)")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=40, help="requests per phase")
+    parser.add_argument("--spans", type=int, default=512, help="spans per request")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent client threads")
+    parser.add_argument("--receivers", default="1,2", help="receiver process counts to measure")
+    parser.add_argument("--quick", action="store_true", help="2 runs of 10 requests")
+    parser.add_argument(
+        "--profile", action="store_true", help="also print a cProfile of the pipeline"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.requests = 2, 10
+    receiver_counts = [int(n) for n in args.receivers.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="tt-bench-rx-") as tmp:
+        workdir = Path(tmp)
+        dsn = args.dsn or embedded_dsn(workdir / "pg")
+        try:
+            migrate(dsn)
+            requests = [make_request(args.spans, seed) for seed in range(args.requests)]
+            bench = Bench(dsn, requests, args.clients, workdir)
+            print(
+                f"{bench.spans:,} spans per phase: {args.requests} requests × {args.spans} spans "
+                f"({len(requests[0]) / 1024:.0f} KiB each), {args.clients} clients, {args.runs} runs",
+                flush=True,
+            )
+            try:
+                results = run_rounds(bench, receiver_counts, args.runs)
+            finally:
+                bench.close()
+            print_table(results, profile(dsn, requests))
+            if args.profile:
+                print_profile(dsn, requests)
+        finally:
+            if not args.dsn:
+                stop_embedded()  # before its data directory is removed
+    return 0
+
+
+def run_rounds(
+    bench: Bench, receiver_counts: Sequence[int], runs: int
+) -> dict[str, list[dict[str, float]]]:
+    """Every phase once per round; the receivers stay up (warm) across rounds."""
+    servers = {
+        n: [ServeProcess(bench.dsn, bench.workdir / f"serve-{n}-{i}.log") for i in range(n)]
+        for n in receiver_counts
+    }
+    results: dict[str, list[dict[str, float]]] = {}
+    try:
+        for run in range(runs):
+            phases: list[tuple[str, Callable[[], float], Sequence[ServeProcess]]] = [
+                ("raw COPY", bench.raw_copy, ()),
+                ("SpanWriter", bench.span_writer, ()),
+            ]
+            for n, group in servers.items():
+                phases.append(
+                    (
+                        f"OTLP/gRPC ×{n}",
+                        bench.sender(grpc_client([s.grpc_port for s in group])),
+                        group,
+                    )
+                )
+                phases.append(
+                    (
+                        f"OTLP/HTTP ×{n}",
+                        bench.sender(http_client([s.http_port for s in group])),
+                        group,
+                    )
+                )
+            for name, run_phase, receivers in phases:
+                results.setdefault(name, []).append(bench.measure(run_phase, receivers))
+            print(
+                f"run {run + 1}: "
+                + ", ".join(f"{k} {v[-1]['rate']:,.0f}/s" for k, v in results.items()),
+                flush=True,
+            )
+    finally:
+        for group in servers.values():
+            for server in group:
+                server.stop()
+    return results
+
+
+def print_table(results: dict[str, list[dict[str, float]]], split: dict[str, float]) -> None:
+    baseline = statistics.median(r["rate"] for r in results["raw COPY"])
+    print()
+    print(
+        f"{'phase':<16} {'spans/s (median)':>17} {'min':>9} {'max':>9} {'vs raw COPY':>12} "
+        f"{'receiver µs/span':>17} {'PostgreSQL µs/span':>19} {'client µs/span':>15}"
+    )
+    for name, runs in results.items():
+        rates = [r["rate"] for r in runs]
+        median = statistics.median(rates)
+        print(
+            f"{name:<16} {median:>17,.0f} {min(rates):>9,.0f} {max(rates):>9,.0f} {median / baseline:>11.0%} "
+            f"{statistics.median(r['rx_us'] for r in runs):>17.1f} "
+            f"{statistics.median(r['pg_us'] for r in runs):>19.1f} "
+            f"{statistics.median(r['client_us'] for r in runs):>15.1f}"
+        )
+    total = sum(split.values())
+    print(
+        f"\nreceiver CPU per span, one thread, in process: decode {split['decode']:.1f} µs, "
+        f"build_row {split['build_row']:.1f} µs, write (Python side of COPY) {split['write']:.1f} µs "
+        f"= {total:.1f} µs, i.e. at most {1e6 / total:,.0f} spans/s per receiver process (one core)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

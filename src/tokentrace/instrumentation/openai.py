@@ -1,0 +1,302 @@
+"""OpenAI-compatible instrumentation: the ``openai`` client against any server.
+
+Usage::
+
+    from tokentrace.instrumentation.openai import OpenAIInstrumentor
+
+    OpenAIInstrumentor().instrument()          # or tokentrace.instrument()
+    client = openai.OpenAI(base_url="http://localhost:8000/v1", api_key="-")
+    client.chat.completions.create(model="qwen2.5", messages=[...])
+
+Covered, sync (``OpenAI``) and async (``AsyncOpenAI``), streamed and not:
+``chat.completions.create`` → ``chat {model}``, ``completions.create`` →
+``text_completion {model}``, ``embeddings.create`` → ``embeddings {model}``; kind
+``CLIENT``, ``server.address``/``server.port`` from the client's ``base_url``.
+
+``gen_ai.provider.name`` is chosen from the ``base_url``, because most servers
+that speak this API are not OpenAI:
+
+* known hosts: ``api.openai.com`` → ``openai``, ``*.openai.azure.com`` →
+  ``azure.ai.openai``, and Groq, DeepSeek, Mistral, xAI, Perplexity, OpenRouter;
+* otherwise the default port of a local server: 11434 → ``ollama``, 8000 →
+  ``vllm``, 8080 → ``llama.cpp``, 1234 → ``lm_studio``;
+* otherwise ``openai_compatible``.
+
+Pass ``instrument(providers={"gpu-box:9000": "sglang"})`` (keys ``host:port`` or
+``host``) to name your own servers.
+
+Usage comes from the response, or for a stream from the final chunk that the
+server sends when the request sets ``stream_options={"include_usage": True}``
+(the instrumentation never changes the request to ask for it). Without that chunk
+the output tokens are the number of chunks that carried content, marked
+``tokentrace.token_source = estimated``. Cached (``prompt_tokens_details.cached_tokens``)
+and reasoning (``completion_tokens_details.reasoning_tokens``) tokens are recorded
+when reported. A ``prompt_tokens`` of 0 on a chat or completion (Ollama's ``/v1``
+on a prompt-cache hit) is recorded as ``tokentrace.prompt_cached = true``, not as
+0 input tokens. When a llama.cpp server attaches its ``timings``, its prompt and
+generation times are kept as ``tokentrace.server.*_ns``, so decode and prefill
+ms/token come from the server as they do for Ollama.
+
+A stream's span ends when the stream is exhausted or closed;
+``gen_ai.response.time_to_first_chunk`` is measured from the ``create()`` call.
+Errors (``openai.NotFoundError`` …) mark the span ``ERROR`` with ``error.type`` and
+are re-raised unchanged. Message text is recorded only with
+``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.trace import SpanKind
+
+from tokentrace import attributes as A
+from tokentrace.instrumentation._common import (
+    BaseInstrumentor,
+    Call,
+    Patcher,
+    Telemetry,
+    chat_messages,
+    guard,
+    telemetry_from,
+    to_json,
+)
+from tokentrace.instrumentation._openai_stream import (
+    StreamState,
+    number,
+    record_llamacpp_timings,
+    record_usage,
+    traced_async_stream,
+    traced_stream,
+)
+
+__all__ = ["OpenAIInstrumentor", "provider_for"]
+
+_HOSTS = {
+    "api.openai.com": "openai",
+    "api.groq.com": "groq",
+    "api.deepseek.com": "deepseek",
+    "api.mistral.ai": "mistral_ai",
+    "api.x.ai": "x_ai",
+    "api.perplexity.ai": "perplexity",
+    "openrouter.ai": "openrouter",
+}
+_HOST_SUFFIXES = ((".openai.azure.com", "azure.ai.openai"),)
+_PORTS = {11434: "ollama", 8000: "vllm", 8080: "llama.cpp", 1234: "lm_studio"}
+_FALLBACK_PROVIDER = "openai_compatible"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+_TARGETS = (
+    ("openai.resources.chat.completions", "Completions", "AsyncCompletions", A.OP_CHAT),
+    ("openai.resources.completions", "Completions", "AsyncCompletions", A.OP_TEXT_COMPLETION),
+    ("openai.resources.embeddings", "Embeddings", "AsyncEmbeddings", A.OP_EMBEDDINGS),
+)
+
+
+@functools.lru_cache(maxsize=256)
+def provider_for(host: str, port: int | None, overrides: tuple[tuple[str, str], ...] = ()) -> str:
+    """The ``gen_ai.provider.name`` for a server at ``host:port`` (see module docs)."""
+    named = dict(overrides)
+    for key in (f"{host}:{port}", host):
+        if key in named:
+            return named[key]
+    if host in _HOSTS:
+        return _HOSTS[host]
+    for suffix, provider in _HOST_SUFFIXES:
+        if host.endswith(suffix):
+            return provider
+    return _PORTS.get(port or 0, _FALLBACK_PROVIDER)
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    operation: str
+    model: str
+    stream: bool
+    kwargs: Mapping[str, Any]
+    attrs: dict[str, Any]
+
+    def start(self, telemetry: Telemetry) -> Call:
+        call = Call(telemetry, f"{self.operation} {self.model}", SpanKind.CLIENT, self.attrs)
+        if call.recording:
+            guard(_record_request, call, self, telemetry.capture_content)
+        return call
+
+
+def _parse(
+    operation: str, instance: Any, kwargs: Mapping[str, Any], overrides: tuple[tuple[str, str], ...]
+) -> _Request:
+    model = str(kwargs.get("model") or "")
+    stream = kwargs.get("stream") is True
+    url = instance._client.base_url
+    port = url.port or _DEFAULT_PORTS.get(url.scheme)
+    attrs: dict[str, Any] = {
+        A.GEN_AI_OPERATION_NAME: operation,
+        A.GEN_AI_PROVIDER_NAME: provider_for(url.host, port, overrides),
+        A.GEN_AI_REQUEST_MODEL: model,
+        A.SERVER_ADDRESS: url.host,
+    }
+    if port:
+        attrs[A.SERVER_PORT] = port
+    if stream:
+        attrs[A.GEN_AI_REQUEST_STREAM] = True
+    return _Request(operation, model, stream, kwargs, attrs)
+
+
+def _record_request(call: Call, request: _Request, capture: bool) -> None:
+    kwargs = request.kwargs
+    temperature = kwargs.get("temperature")
+    if number(temperature):
+        call.attrs[A.GEN_AI_REQUEST_TEMPERATURE] = float(temperature)
+    max_tokens = kwargs.get("max_completion_tokens", kwargs.get("max_tokens"))
+    if number(max_tokens):
+        call.attrs[A.GEN_AI_REQUEST_MAX_TOKENS] = int(max_tokens)
+    if capture:
+        call.attrs[A.GEN_AI_INPUT_MESSAGES] = _input_messages(request)
+
+
+def _input_messages(request: _Request) -> str:
+    kwargs = request.kwargs
+    if request.operation == A.OP_CHAT:
+        return chat_messages(kwargs.get("messages"))
+    if request.operation == A.OP_TEXT_COMPLETION:
+        prompt = kwargs.get("prompt")
+        text = prompt if isinstance(prompt, str) else to_json(prompt)
+        return to_json([{"role": "user", "parts": [{"type": "text", "content": text}]}])
+    return to_json(kwargs.get("input"))
+
+
+def _record_response(call: Call, request: _Request, response: Any) -> None:
+    call.set_response_model(getattr(response, "model", None))
+    usage = getattr(response, "usage", None)
+    if usage is not None:
+        record_usage(call, request.operation, usage)
+    if not call.recording:
+        return
+    response_id = getattr(response, "id", None)
+    if isinstance(response_id, str):
+        call.attrs[A.GEN_AI_RESPONSE_ID] = response_id
+    choices = getattr(response, "choices", None) or ()
+    reasons = [c.finish_reason for c in choices if getattr(c, "finish_reason", None)]
+    if reasons:
+        call.attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = reasons
+    record_llamacpp_timings(call, getattr(response, "timings", None))
+    if call.telemetry.capture_content and choices:
+        call.attrs[A.GEN_AI_OUTPUT_MESSAGES] = to_json([_choice_message(c) for c in choices])
+
+
+def _choice_message(choice: Any) -> dict[str, Any]:
+    message = getattr(choice, "message", None)
+    text = (
+        getattr(message, "content", None) if message is not None else getattr(choice, "text", None)
+    )
+    return {
+        "role": "assistant",
+        "parts": [{"type": "text", "content": text or ""}],
+        "finish_reason": getattr(choice, "finish_reason", None),
+    }
+
+
+def _is_stream(result: Any, async_: bool) -> bool:
+    from openai import AsyncStream, Stream
+
+    return isinstance(result, AsyncStream if async_ else Stream)
+
+
+def _sync_wrapper(
+    telemetry: Telemetry, operation: str, overrides: tuple[tuple[str, str], ...]
+) -> Callable[..., Any]:
+    def traced_create(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        request = (
+            guard(_parse, operation, instance, kwargs, overrides)
+            if is_instrumentation_enabled()
+            else None
+        )
+        if request is None:
+            return wrapped(*args, **kwargs)
+        call = request.start(telemetry)
+        token = call.attach()
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        finally:
+            call.detach(token)
+        if request.stream and _is_stream(result, async_=False):
+            return traced_stream(result, call, StreamState(operation, telemetry.capture_content))
+        guard(_record_response, call, request, result)
+        call.finish()
+        return result
+
+    return traced_create
+
+
+def _async_wrapper(
+    telemetry: Telemetry, operation: str, overrides: tuple[tuple[str, str], ...]
+) -> Callable[..., Any]:
+    async def traced_create(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        request = (
+            guard(_parse, operation, instance, kwargs, overrides)
+            if is_instrumentation_enabled()
+            else None
+        )
+        if request is None:
+            return await wrapped(*args, **kwargs)
+        call = request.start(telemetry)
+        token = call.attach()
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        finally:
+            call.detach(token)
+        if request.stream and _is_stream(result, async_=True):
+            return traced_async_stream(
+                result, call, StreamState(operation, telemetry.capture_content)
+            )
+        guard(_record_response, call, request, result)
+        call.finish()
+        return result
+
+    return traced_create
+
+
+class OpenAIInstrumentor(BaseInstrumentor):
+    """Instruments the ``openai`` client's completions, chat completions and embeddings.
+
+    ``instrument()`` accepts ``tracer_provider``, ``meter_provider``,
+    ``capture_content`` (overrides the environment variable) and ``providers``
+    (``{"host:port" or "host": provider name}``).
+    """
+
+    _patcher: Patcher | None = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ("openai >= 1.40",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        telemetry = telemetry_from(__name__, kwargs)
+        overrides = tuple(sorted(dict(kwargs.get("providers") or {}).items()))
+        self._patcher = Patcher()
+        for module, sync_class, async_class, operation in _TARGETS:
+            self._patcher.add(
+                module, f"{sync_class}.create", _sync_wrapper(telemetry, operation, overrides)
+            )
+            self._patcher.add(
+                module, f"{async_class}.create", _async_wrapper(telemetry, operation, overrides)
+            )
+        self._patcher.apply()
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        if self._patcher is not None:
+            self._patcher.remove()

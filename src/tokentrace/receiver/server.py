@@ -1,0 +1,188 @@
+"""Running both servers: start, log where, drain on SIGTERM/SIGINT, exit 0.
+
+:class:`Receiver` owns one :class:`~tokentrace.store.writer.SpanWriter` (a small
+pool of database connections, shared by every request of both protocols), the
+OTLP/gRPC server and the HTTP server. :func:`serve` is what ``tokentrace serve``
+runs: it migrates the schema if the database is reachable (if it is not, the
+servers start anyway and answer "retry later" until it is), logs the addresses
+and the database (password redacted), and waits for a signal.
+
+Draining, on the first SIGTERM or SIGINT: both servers stop accepting at once —
+new gRPC calls get ``UNAVAILABLE`` and new HTTP connections are refused, both of
+which exporters retry — while requests in progress finish and commit, for up to
+the grace period (``--grace``, default 20 s). Then connections close and the
+process exits 0. A second signal exits at once: anything not yet answered was not
+acknowledged, so the client sends it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING
+
+import psycopg
+
+from tokentrace.receiver.grpc_server import GrpcServer, TraceService
+from tokentrace.receiver.http_server import HttpApp, HttpServer
+from tokentrace.receiver.ingest import Ingestor
+from tokentrace.receiver.settings import ServeSettings
+from tokentrace.store.connection import describe
+from tokentrace.store.migrate import is_current, migrate
+from tokentrace.store.writer import SpanWriter
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+_log = logging.getLogger("tokentrace.receiver")
+_STARTUP_CONNECT_TIMEOUT_S = 5
+
+
+class Receiver:
+    """The OTLP/gRPC and HTTP servers over one writer; bound on construction."""
+
+    def __init__(self, settings: ServeSettings, dsn: str) -> None:
+        self.settings = settings
+        self.dsn = dsn
+        self.writer = SpanWriter(dsn, max_connections=settings.db_connections)
+        self.ingestor = Ingestor(
+            self.writer,
+            max_value_chars=settings.max_value_chars,
+            max_inflight=settings.max_inflight,
+        )
+        self._grpc = GrpcServer(TraceService(self.ingestor, settings.auth_token), settings)
+        try:
+            self._http = HttpServer(HttpApp(self.ingestor, dsn, settings), settings)
+        except BaseException:
+            self._grpc.begin_stop(0).wait()
+            self._grpc.close()
+            raise
+        self._stopped = False
+
+    @property
+    def grpc_port(self) -> int:
+        return self._grpc.port
+
+    @property
+    def http_port(self) -> int:
+        return self._http.port
+
+    @property
+    def http_app(self) -> HttpApp:
+        return self._http.app
+
+    def start(self) -> None:
+        self._grpc.start()
+        self._http.start()
+
+    def stop(self, grace_seconds: float | None = None) -> None:
+        """Drain: refuse new requests, let those in progress commit, then close."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.settings.grace_seconds if grace_seconds is None else grace_seconds
+        grpc_done = self._grpc.begin_stop(grace)
+        self._http.stop(grace)
+        grpc_done.wait()
+        self._grpc.close()
+        self.writer.close()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def prepare_database(dsn: str) -> bool:
+    """Migrate the schema if needed; False (and a warning) if the database is unreachable."""
+    try:
+        with psycopg.connect(
+            dsn, connect_timeout=_STARTUP_CONNECT_TIMEOUT_S, application_name="tokentrace"
+        ):
+            pass
+        if not is_current(dsn):
+            applied = migrate(dsn)
+            _log.info("schema migrated: %s", ", ".join(applied) or "up to date")
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        _log.warning(
+            "database not reachable yet (%s); exports get 'retry later' until it is", first
+        )
+        return False
+    return True
+
+
+def _log_listening(receiver: Receiver) -> None:
+    settings = receiver.settings
+    tls = " (TLS)" if settings.tls else ""
+    scheme = "https" if settings.tls else "http"
+    grpc_host = settings.grpc_endpoint.host
+    http_host = settings.http_endpoint.host
+    _log.info("OTLP/gRPC listening on %s:%d%s", grpc_host, receiver.grpc_port, tls)
+    _log.info(
+        "OTLP/HTTP and reports listening on %s://%s:%d", scheme, http_host, receiver.http_port
+    )
+    _log.info("database: %s", describe(receiver.dsn))
+    if settings.auth_token:
+        _log.info("bearer token required (TOKENTRACE_AUTH_TOKEN)")
+
+
+class _Signals:
+    """First SIGTERM/SIGINT: drain. Second: leave at once."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop.is_set():
+            _log.warning("second %s: exiting without draining", signal.Signals(signum).name)
+            os._exit(1)
+        _log.info("%s received: draining", signal.Signals(signum).name)
+        self.stop.set()
+
+
+def serve(settings: ServeSettings, dsn: str) -> int:
+    """Run until SIGTERM/SIGINT, then drain; returns the exit status (0)."""
+    signals = _Signals()
+    signals.install()  # first, so a signal during the database setup still ends cleanly
+    try:
+        prepare_database(dsn)
+        receiver = Receiver(settings, dsn)
+        try:
+            receiver.start()
+            _log_listening(receiver)
+            while not signals.stop.wait(1.0):
+                pass
+            started = time.monotonic()
+            receiver.stop()
+            _log.info(
+                "stopped after draining for %.1f s; %d spans stored, %d rejected since start",
+                time.monotonic() - started,
+                receiver.ingestor.spans_stored,
+                receiver.ingestor.spans_rejected,
+            )
+        finally:
+            receiver.stop()
+    finally:
+        signals.restore()
+    return 0

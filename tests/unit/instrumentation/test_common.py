@@ -1,0 +1,132 @@
+"""The shared parts: deferred patching and the never-raise guard."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wrapt
+
+from tokentrace.instrumentation._common import Patcher, capture_content_default, guard
+from tokentrace.instrumentation._metrics import (
+    DURATION_BUCKETS,
+    TIME_PER_OUTPUT_TOKEN_BUCKETS,
+    TIME_TO_FIRST_TOKEN_BUCKETS,
+    TOKEN_BUCKETS,
+)
+
+MODULE = "tt_patch_target"
+
+
+@pytest.fixture
+def target_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    (tmp_path / f"{MODULE}.py").write_text(
+        textwrap.dedent(
+            """
+            class Model:
+                @classmethod
+                def load(cls, name):
+                    return (cls.__name__, name)
+
+                def run(self, x):
+                    return x * 2
+
+            class Child(Model):
+                pass
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop(MODULE, None)
+
+
+def _tagging(tag: str) -> Any:
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return (tag, wrapped(*args, **kwargs))
+
+    return wrapper
+
+
+@pytest.mark.usefixtures("target_source")
+def test_patcher_wraps_on_import_and_restores_the_originals() -> None:
+    patcher = Patcher()
+    patcher.add(MODULE, "Model.load", _tagging("load"))
+    patcher.add(MODULE, "Model.run", _tagging("run"))
+    patcher.apply()
+    assert MODULE not in sys.modules  # nothing imported yet
+    import tt_patch_target as mod  # type: ignore[import-not-found]
+
+    originals = dict(vars(mod.Model))
+    assert isinstance(originals["load"], wrapt.FunctionWrapper)
+    assert mod.Child.load("x") == ("load", ("Child", "x"))  # still a classmethod of the subclass
+    assert mod.Model().run(2) == ("run", 4)
+    patcher.remove()
+
+    assert isinstance(vars(mod.Model)["load"], classmethod)
+    assert mod.Child.load("x") == ("Child", "x")
+    assert mod.Model().run(2) == 4
+
+
+@pytest.mark.usefixtures("target_source")
+def test_patcher_removed_before_import_wraps_nothing() -> None:
+    patcher = Patcher()
+    patcher.add(MODULE, "Model.run", _tagging("run"))
+    patcher.apply()
+    patcher.remove()
+    patcher.apply()
+    patcher.remove()  # two disarmed hooks now wait for the import
+    import tt_patch_target as mod
+
+    assert mod.Model().run(2) == 4
+
+
+@pytest.mark.usefixtures("target_source")
+def test_patcher_skips_a_missing_target() -> None:
+    patcher = Patcher()
+    patcher.add(MODULE, "Model.gone", _tagging("x"))
+    patcher.add(MODULE, "Missing.run", _tagging("x"))
+    patcher.apply()
+    import tt_patch_target as mod
+
+    assert mod.Model().run(2) == 4
+    patcher.remove()
+
+
+def test_guard_swallows_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> int:
+        raise RuntimeError("telemetry bug")
+
+    with caplog.at_level(logging.DEBUG, logger="tokentrace.instrumentation._common"):
+        assert guard(broken) is None
+    assert "broken" in caplog.text
+    assert guard(lambda a, b=0: a + b, 1, b=2) == 3
+
+
+def test_capture_content_only_for_true(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value, expected in (
+        ("true", True),
+        ("TRUE", True),
+        ("1", False),
+        ("", False),
+        ("yes", False),
+    ):
+        monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", value)
+        assert capture_content_default() is expected
+    monkeypatch.delenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")
+    assert capture_content_default() is False
+
+
+def test_bucket_boundaries_are_the_conventions() -> None:
+    assert TOKEN_BUCKETS[0] == 1 and TOKEN_BUCKETS[-1] == 67108864 and len(TOKEN_BUCKETS) == 14
+    assert DURATION_BUCKETS == tuple(0.01 * 2**i for i in range(14))
+    assert (
+        TIME_PER_OUTPUT_TOKEN_BUCKETS[:3] == (0.01, 0.025, 0.05)
+        and TIME_PER_OUTPUT_TOKEN_BUCKETS[-1] == 2.5
+    )
+    assert TIME_TO_FIRST_TOKEN_BUCKETS[0] == 0.001 and TIME_TO_FIRST_TOKEN_BUCKETS[-1] == 10.0
