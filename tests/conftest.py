@@ -8,6 +8,7 @@ is migrated once; :func:`db` empties ``tokentrace.spans`` before each test.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,10 @@ import psycopg
 import pytest
 
 from tokentrace.store.embedded import embedded_dsn
+
+# Spans spooled while a test's database is down go to a scratch directory, never to
+# the user's data directory; child processes inherit it.
+os.environ.setdefault("TOKENTRACE_SPOOL_DIR", tempfile.mkdtemp(prefix="tokentrace-test-spool-"))
 from tokentrace.store.migrate import migrate
 
 

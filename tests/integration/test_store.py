@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tests import pgcontrol
 from tests.helpers import query
 from tokentrace.exporter import PostgresSpanExporter
+from tokentrace.exporter.spool import Spool
 from tokentrace.store.embedded import embedded_dsn
 from tokentrace.store.migrate import available, migrate
 
@@ -105,7 +106,7 @@ def test_prune_cli(db: str, subprocess_env: dict[str, str]) -> None:
 def test_database_down_then_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     data_dir = tmp_path / "own-pg"
     dsn = embedded_dsn(data_dir)
-    exporter = PostgresSpanExporter(dsn)
+    exporter = PostgresSpanExporter(dsn, spool=Spool(tmp_path / "spool", 50 * 1024 * 1024))
     now = int(dt.datetime.now(dt.timezone.utc).timestamp() * SEC)
     assert exporter.export(_spans(5, now, "before")) == SpanExportResult.SUCCESS
 
@@ -122,9 +123,11 @@ def test_database_down_then_back(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     try:
         assert exporter.export(_spans(5, now + 3 * SEC, "after")) == SpanExportResult.SUCCESS
         exporter.shutdown()
+        # The batches that failed were spooled, and replayed before the next one.
         assert query(dsn, "SELECT model, count(*) FROM tokentrace.spans GROUP BY 1 ORDER BY 1") == [
-            ("after", 5), ("before", 5)
+            ("after", 5), ("before", 5), ("during", 5), ("during2", 5)
         ]
+        assert exporter.spool.pending() == 0
     finally:
         # pgserver only stops the server process it started itself, not this restarted one.
         pgcontrol.stop(data_dir)

@@ -16,17 +16,20 @@ instrumentation suppressed, so it never traces itself.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Sequence
 
+import psycopg
 from opentelemetry.context import attach, detach, set_value
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from tokentrace.config import max_attribute_chars, redact
-from tokentrace.exporter.spans import ResourceCache, span_row
-from tokentrace.store.rows import BuiltRow, RowError
+from tokentrace.config import env_str, max_attribute_chars, redact
+from tokentrace.exporter.spans import ResourceCache, span_data, span_row
+from tokentrace.exporter.spool import Spool, default_spool_dir
+from tokentrace.store.rows import BuiltRow, RowError, SpanData, build_row
 from tokentrace.store.writer import SpanWriter, WriteResult
 
 # The context key the contrib instrumentations honour (psycopg's among them).
@@ -40,15 +43,29 @@ __all__ = ["PostgresSpanExporter"]
 class PostgresSpanExporter(SpanExporter):
     """Exports SDK spans to PostgreSQL through :class:`~tokentrace.store.writer.SpanWriter`."""
 
-    def __init__(self, dsn: str | None = None, *, writer: SpanWriter | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        writer: SpanWriter | None = None,
+        spool: Spool | None = None,
+        retry_interval_s: float = 5.0,
+    ) -> None:
         self._dsn = dsn
         self._writer = writer
+        self.spool = spool if spool is not None else Spool(default_spool_dir() / _spool_key(dsn))
+        self._retry_interval_s = retry_interval_s
+        self._retry: threading.Thread | None = None
+        self._stop = threading.Event()
         self._max_chars = max_attribute_chars()
         self._lock = threading.Lock()
         self._shutdown = False
         self._failing_since: str | None = None
         self._failed_before_outage = 0
         self.stats = {"exported": 0, "duplicates": 0, "rejected": 0, "failed_batches": 0}
+        if self.spool.enabled and self.spool.pending():
+            # Batches left by an earlier process (it crashed or the database was away).
+            self._start_retry()
 
     def _get_writer(self) -> SpanWriter:
         if self._writer is None:
@@ -63,18 +80,84 @@ class PostgresSpanExporter(SpanExporter):
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
             with self._lock:
-                return self._export(spans)
-        except Exception as exc:  # noqa: BLE001 - the SDK must never see an exception
-            self._note_failure(exc)
-            return SpanExportResult.FAILURE
+                try:
+                    return self._export(spans)
+                except Exception as exc:  # noqa: BLE001 - the SDK must never see an exception
+                    self._note_failure(exc)
+                    if _database_away(exc):
+                        self._spool_batch(spans)
+                    return SpanExportResult.FAILURE
         finally:
             detach(token)
 
     def _export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        # Older spooled batches go first, so the database sees batches in order.
+        self._replay()
         rows = self._build(spans)
         result = self._get_writer().write(rows)
         self._note_success(result, rows)
         return SpanExportResult.SUCCESS
+
+    # --- the spool ---------------------------------------------------------------
+    def _spool_batch(self, spans: Sequence[ReadableSpan]) -> None:
+        if not self.spool.enabled or not spans:
+            return
+        try:
+            batch = [span_data(span) for span in spans]
+        except Exception:  # noqa: BLE001 - a span we cannot even read is not spooled
+            _log.exception("could not spool %d span(s)", len(spans))
+            return
+        if self.spool.append(batch):
+            _log.warning(
+                "PostgreSQL unreachable: %d span(s) spooled to %s (%d batch(es) waiting)",
+                len(batch), self.spool.directory, self.spool.pending(),
+            )
+        self._start_retry()
+
+    def _replay(self) -> None:
+        if not self.spool.enabled or not self.spool.pending():
+            return
+        replayed = 0
+        with self.spool.replaying() as files:
+            for path in files:
+                batch = Spool.read(path)
+                if batch:
+                    rows = self._build_data(batch)
+                    self._note_success(self._get_writer().write(rows), rows)
+                    replayed += len(batch)
+                path.unlink(missing_ok=True)  # only after the commit: a crash replays it again
+        if replayed:
+            _log.warning("replayed %d spooled span(s) into PostgreSQL", replayed)
+
+    def _start_retry(self) -> None:
+        if self._retry is not None and self._retry.is_alive():
+            return
+        self._retry = threading.Thread(target=self._retry_loop, name="tokentrace-spool-replay", daemon=True)
+        self._retry.start()
+
+    def _retry_loop(self) -> None:
+        # Replays without waiting for new spans: an idle application's spool empties too.
+        while not self._stop.wait(self._retry_interval_s):
+            token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+            try:
+                with self._lock:
+                    self._replay()
+                    if not self.spool.pending():
+                        return
+            except Exception as exc:  # noqa: BLE001 - keep retrying; the reason is logged once
+                self._note_failure(exc)
+            finally:
+                detach(token)
+
+    def _build_data(self, batch: Sequence[SpanData]) -> list[BuiltRow]:
+        rows: list[BuiltRow] = []
+        for data in batch:
+            try:
+                rows.append(build_row(data, self._max_chars))
+            except RowError as exc:
+                self.stats["rejected"] += 1
+                _log.warning("spooled span %r not stored: %s", data.name, exc)
+        return rows
 
     def _build(self, spans: Sequence[ReadableSpan]) -> list[BuiltRow]:
         rows: list[BuiltRow] = []
@@ -118,9 +201,32 @@ class PostgresSpanExporter(SpanExporter):
     def shutdown(self) -> None:
         if self._shutdown:
             return
-        self._shutdown = True
+        self._stop.set()
+        with self._lock:
+            try:
+                self._replay()  # a last chance for the spool; what stays is replayed next start
+            except Exception as exc:  # noqa: BLE001
+                _log.warning("%d spooled batch(es) left for the next start: %s",
+                             self.spool.pending(), redact(str(exc)).strip())
+            self._shutdown = True
         if self._writer is not None:
             self._writer.close()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
+        with self._lock:
+            try:
+                self._replay()
+            except Exception:  # noqa: BLE001 - flushing must not raise either
+                return False
         return True
+
+
+def _spool_key(dsn: str | None) -> str:
+    # One spool per database, so batches are only ever replayed where they belong.
+    target = dsn or env_str("TOKENTRACE_DSN") or "default"
+    return hashlib.sha256(target.encode()).hexdigest()[:16]
+
+
+def _database_away(exc: Exception) -> bool:
+    """Errors that mean "PostgreSQL cannot be reached", worth spooling for."""
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, OSError))

@@ -51,5 +51,13 @@ def describe(dsn: str) -> str:
 
 
 def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
-    """A connection with tokentrace's session settings."""
+    """A connection with tokentrace's session settings.
+
+    Without a ``connect_timeout`` (in the DSN or ``PGCONNECT_TIMEOUT``) libpq can wait
+    minutes for a host that is down; 10 s keeps exporters and receivers responsive.
+    """
+    if "connect_timeout" not in dsn and not os.environ.get("PGCONNECT_TIMEOUT"):
+        return psycopg.connect(
+            dsn, autocommit=autocommit, application_name="tokentrace", connect_timeout=10
+        )
     return psycopg.connect(dsn, autocommit=autocommit, application_name="tokentrace")
