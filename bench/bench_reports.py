@@ -4,32 +4,36 @@ In one run, on one fresh embedded PostgreSQL:
 
 reports
     1 M synthetic spans over the last 60 days are loaded (binary ``COPY`` into
-    ``tokentrace.spans``, one batch per hour of data, rollup trigger on), then
-    ``efficiency_24h``, ``stats_60d``, ``model_trends_60d`` and ``footprint`` are
-    timed (median of ``--runs`` after one warm-up) next to the same reports
+    ``tokentrace.spans``, one batch per hour of data, rollup trigger on; then an
+    untimed ``VACUUM ANALYZE``, as autovacuum would), then ``efficiency_24h``,
+    ``stats_60d``, ``model_trends_60d`` and ``footprint`` are timed (median of
+    ``--runs``, the four in turns, after one warm-up) next to the same reports
     computed by raw scans of ``tokentrace.spans`` (the baseline: the queries of
     migration 0002; for the footprint, exact ``count(*)`` per relation and the oldest
     and newest span and the last 7 days' spans counted from raw spans). 9 M more
     spans over the same 60 days make 10 M, and everything is timed again.
 prune
-    one full day of spans at 10 M: ``DELETE`` of its rows (in a transaction rolled
-    back afterwards, so the same rows are still there) against ``tokentrace.prune()``
-    dropping that day's partition (it also counts the day's spans and deletes its
-    5-minute rollups).
+    at 10 M: ``tokentrace.prune()`` dropping one full day; then ``DELETE``
+    (committed) + ``VACUUM`` of one day against ``DROP TABLE`` of the next, and the
+    same on two busy days of 2 M spans each (loaded ahead of now), with the time the
+    filesystem alone takes to free a file of the partition's size. On the busy days, a
+    24-hour ``efficiency_range()`` window against its raw scan too.
 ingest
     the rollups' write cost: batches of real writer rows (``build_row`` → the writer's
-    binary ``COPY`` → commit) with the rollup trigger enabled and disabled, in
-    alternating blocks, at 512 and 8192 spans per batch. Wall-clock spans/s and the
-    CPU the PostgreSQL backend spent per span (``/proc``; Linux) are reported: on a
-    shared machine wall time is noisy, backend CPU much less so.
+    binary ``COPY`` → commit) with no trigger, a no-op transition-table trigger (what
+    PostgreSQL itself charges for one) and the rollup trigger, in rotating blocks, at
+    512 and 8192 spans per batch. Wall-clock spans/s and the CPU the PostgreSQL
+    backend spent per span (``/proc``; Linux) are reported: on a shared machine wall
+    time is noisy, backend CPU much less so.
 
 Spans are a mix of 6 models (ms/token log-normal around 9–45 ms per model), 77 %
 chat, 15 % text completion, 6 % embeddings (no output tokens), 2 % model loads,
-2 % errors; attributes are two keys, so 10 M spans take about 5 GB.
+2 % errors; attributes are two keys, so 10 M spans take about 5 GB (14 M with the
+busy days; check ``df -h`` first).
 
 Usage::
 
-    python bench/bench_reports.py                 # 1 M and 10 M, about 15 minutes
+    python bench/bench_reports.py                 # 1 M and 10 M, about 8–12 minutes
     python bench/bench_reports.py --quick         # 100 k and 300 k, a smoke run
     python bench/bench_reports.py --sizes 1000000 --phases reports
 

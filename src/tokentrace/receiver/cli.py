@@ -26,6 +26,7 @@ import sys
 from tokentrace.config import ConfigError, redact
 from tokentrace.receiver.server import serve
 from tokentrace.receiver.settings import ServeSettings, resolve
+from tokentrace.retention import scheduler_from_settings
 from tokentrace.store.connection import resolve_dsn
 from tokentrace.store.migrate import MigrationError
 
@@ -69,6 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--db-connections", metavar="N", help="database connections for writing spans (default 4)")
     add("--grace", metavar="SECONDS", help="how long to drain on SIGTERM/SIGINT (default 20)")
+    add(
+        "--prune-every",
+        metavar="HOURS",
+        type=float,
+        help="prune expired spans every HOURS (default: $TOKENTRACE_PRUNE_INTERVAL_HOURS or 24; 0 = never)",
+    )
+    add("--no-prune", action="store_true", help="do not prune on a schedule")
     # The bearer token is read from $TOKENTRACE_AUTH_TOKEN only: argv is visible to `ps`.
 
 
@@ -88,15 +96,26 @@ def run(args: argparse.Namespace) -> int:
     """Run the receiver until SIGTERM/SIGINT; returns the process exit status."""
     try:
         settings: ServeSettings = resolve(args)
+        dsn = resolve_dsn(settings.dsn)
+        pruner = scheduler_from_settings(
+            dsn,
+            every_hours=getattr(args, "prune_every", None),
+            disabled=bool(getattr(args, "no_prune", False)),
+        )
     except ConfigError as exc:
         print(f"tokentrace serve: configuration error: {exc}", file=sys.stderr)
         return 2
     _ensure_logging()
+    if pruner is not None:
+        pruner.start()
     try:
-        return serve(settings, resolve_dsn(settings.dsn))
+        return serve(settings, dsn)
     except OSError as exc:  # a port in use, an unreadable TLS file
         _log.error("%s", exc)
         return 1
     except MigrationError as exc:
         _log.error("cannot prepare the database: %s", redact(str(exc)))
         return 1
+    finally:
+        if pruner is not None:
+            pruner.stop()
