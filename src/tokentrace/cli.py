@@ -394,8 +394,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except reports.ReportError as exc:
         print(f"tokentrace: {exc}", file=sys.stderr)
         return 2
+    except psycopg.errors.QueryCanceled as exc:
+        # A subclass of OperationalError, but the server answered: say what happened.
+        print(
+            f"tokentrace: PostgreSQL cancelled the query: {redact(str(exc)).strip()}"
+            " (reports are limited by TOKENTRACE_REPORT_TIMEOUT_MS)",
+            file=sys.stderr,
+        )
+        return 1
     except psycopg.OperationalError as exc:
         print(f"tokentrace: cannot reach PostgreSQL: {redact(str(exc)).strip()}", file=sys.stderr)
+        return 1
+    except psycopg.Error as exc:
+        print(f"tokentrace: PostgreSQL error: {redact(str(exc)).strip()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

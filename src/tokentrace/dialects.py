@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from tokentrace import attributes as A
 
@@ -73,9 +72,12 @@ _PROVIDER_ALIASES = {
 _OPENINFERENCE_KINDS = {"LLM": A.OP_CHAT, "EMBEDDING": A.OP_EMBEDDINGS}
 
 
-@dataclass(frozen=True, slots=True)
-class GenAIFacts:
-    """The canonical reading of one span's GenAI attributes (None = not known)."""
+class GenAIFacts(NamedTuple):
+    """The canonical reading of one span's GenAI attributes (None = not known).
+
+    A named tuple rather than a frozen dataclass: one is built per span stored, and a
+    frozen dataclass's ``__init__`` costs about five times as much.
+    """
 
     operation: str | None = None
     provider: str | None = None
@@ -105,7 +107,9 @@ def as_token_count(value: Any) -> int | None:
     OTLP/JSON send counts that way. Negative, non-finite, fractional, boolean and
     absurdly large values are treated as missing rather than guessed at.
     """
-    if isinstance(value, bool):
+    if type(value) is int:  # the common case, decided without the checks below
+        return value if 0 <= value <= MAX_TOKENS else None
+    if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
         n = value
@@ -123,8 +127,15 @@ def as_token_count(value: Any) -> int | None:
     return n if 0 <= n <= MAX_TOKENS else None
 
 
+_INF = math.inf
+
+
 def as_number(value: Any) -> float | None:
     """A finite, non-negative float, or None."""
+    if value is None:  # most timing attributes are absent: decided first
+        return None
+    if type(value) is float:
+        return value if 0.0 <= value < _INF else None  # NaN fails both comparisons
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
@@ -218,15 +229,16 @@ def _ttft_s(attrs: Mapping[str, Any], stream: bool | None) -> float | None:
 def normalize(attrs: Mapping[str, Any]) -> GenAIFacts:
     """Read the canonical GenAI facts from attributes in any supported dialect."""
     stream = _stream(attrs)
+    # Positional: this runs once per span stored.
     return GenAIFacts(
-        operation=_operation(attrs),
-        provider=_provider(attrs),
-        request_model=_first_text(attrs, REQUEST_MODEL_KEYS),
-        response_model=_first_text(attrs, RESPONSE_MODEL_KEYS),
-        input_tokens=_first_count(attrs, INPUT_TOKEN_KEYS),
-        output_tokens=_first_count(attrs, OUTPUT_TOKEN_KEYS),
-        cache_read_tokens=_first_count(attrs, CACHE_READ_KEYS),
-        reasoning_tokens=_first_count(attrs, REASONING_KEYS),
-        stream=stream,
-        ttft_s=_ttft_s(attrs, stream),
+        _operation(attrs),
+        _provider(attrs),
+        _first_text(attrs, REQUEST_MODEL_KEYS),
+        _first_text(attrs, RESPONSE_MODEL_KEYS),
+        _first_count(attrs, INPUT_TOKEN_KEYS),
+        _first_count(attrs, OUTPUT_TOKEN_KEYS),
+        _first_count(attrs, CACHE_READ_KEYS),
+        _first_count(attrs, REASONING_KEYS),
+        stream,
+        _ttft_s(attrs, stream),
     )

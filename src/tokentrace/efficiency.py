@@ -23,19 +23,21 @@ or returns infinity.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from tokentrace import attributes as A
 from tokentrace.dialects import GenAIFacts, as_number
 
 _NS_PER_MS = 1_000_000.0
+_INF = float("inf")
 _VALID_SOURCES = frozenset((A.SOURCE_REPORTED, A.SOURCE_ESTIMATED, A.SOURCE_MISSING))
 
 
-@dataclass(frozen=True, slots=True)
-class Efficiency:
-    """Derived figures for one span; None means unknown."""
+class Efficiency(NamedTuple):
+    """Derived figures for one span; None means unknown.
+
+    A named tuple rather than a frozen dataclass: one is built per span stored.
+    """
 
     inference_ms: float | None = None
     ms_per_token: float | None = None
@@ -47,16 +49,28 @@ class Efficiency:
 
     def as_attributes(self) -> dict[str, Any]:
         """The figures as ``tokentrace.*`` span attributes, unknowns left out."""
-        pairs = (
-            (A.TT_INFERENCE_MS, self.inference_ms),
-            (A.TT_MS_PER_TOKEN, self.ms_per_token),
-            (A.TT_PREFILL_MS_PER_TOKEN, self.prefill_ms_per_token),
-            (A.TT_DECODE_MS_PER_TOKEN, self.decode_ms_per_token),
-            (A.TT_TTFT_MS, self.ttft_ms),
-            (A.TT_LOAD_MS, self.load_ms),
-            (A.TT_TOKEN_SOURCE, self.token_source),
-        )
-        return {key: value for key, value in pairs if value is not None}
+        out: dict[str, Any] = {}
+        self.add_to(out)
+        return out
+
+    def add_to(self, attributes: dict[str, Any]) -> None:
+        """Set the known figures as ``tokentrace.*`` attributes of ``attributes``."""
+        for key, value in zip(_ATTRIBUTE_KEYS, self):
+            if value is not None:
+                attributes[key] = value
+
+
+# In field order.
+_ATTRIBUTE_KEYS = (
+    A.TT_INFERENCE_MS,
+    A.TT_MS_PER_TOKEN,
+    A.TT_PREFILL_MS_PER_TOKEN,
+    A.TT_DECODE_MS_PER_TOKEN,
+    A.TT_TTFT_MS,
+    A.TT_LOAD_MS,
+    A.TT_TOKEN_SOURCE,
+)
+_NOTHING = Efficiency()
 
 
 def per_token(total_ms: float | None, tokens: int | None) -> float | None:
@@ -92,7 +106,10 @@ def _ttft_ms(facts: GenAIFacts, attrs: Mapping[str, Any]) -> float | None:
     explicit = as_number(attrs.get(A.TT_TTFT_MS))
     if explicit is not None:
         return explicit
-    return None if facts.ttft_s is None else facts.ttft_s * 1000.0
+    if facts.ttft_s is None:
+        return None
+    ms = facts.ttft_s * 1000.0
+    return ms if ms < _INF else None  # a finite number of seconds can overflow in ms
 
 
 def derive(facts: GenAIFacts, attrs: Mapping[str, Any], duration_ms: float | None) -> Efficiency:
@@ -102,20 +119,18 @@ def derive(facts: GenAIFacts, attrs: Mapping[str, Any], duration_ms: float | Non
     before its start). Spans that are not GenAI spans derive nothing.
     """
     if not facts.is_genai and facts.output_tokens is None:
-        return Efficiency()
+        return _NOTHING
     wall_ms = duration_ms if duration_ms is not None and duration_ms >= 0 else None
     if facts.operation == A.OP_LOAD_MODEL:
         return Efficiency(load_ms=wall_ms)
     load_ms = _ns_to_ms(attrs.get(A.TT_SERVER_LOAD_NS))
     inference_ms = None if wall_ms is None else max(wall_ms - (load_ms or 0.0), 0.0)
-    return Efficiency(
-        inference_ms=inference_ms,
-        ms_per_token=per_token(inference_ms, facts.output_tokens),
-        prefill_ms_per_token=per_token(
-            _ns_to_ms(attrs.get(A.TT_SERVER_PROMPT_EVAL_NS)), facts.input_tokens
-        ),
-        decode_ms_per_token=_decode(facts, attrs),
-        ttft_ms=_ttft_ms(facts, attrs),
-        load_ms=load_ms or None,
-        token_source=_token_source(facts, attrs),
+    return Efficiency(  # positional: this runs once per span stored
+        inference_ms,
+        per_token(inference_ms, facts.output_tokens),
+        per_token(_ns_to_ms(attrs.get(A.TT_SERVER_PROMPT_EVAL_NS)), facts.input_tokens),
+        _decode(facts, attrs),
+        _ttft_ms(facts, attrs),
+        load_ms or None,
+        _token_source(facts, attrs),
     )

@@ -4,15 +4,15 @@
 call. ``OTEL_BSP_*`` variables, when set, win over the defaults below.
 
 The batch processor gets larger defaults than the SDK's (queue 2,048, batch 512,
-delay 5 s), which dropped 50–61 % of a 60 s burst of 15,000 spans/s in
-``bench/bench_export.py``. The queue is what absorbs a burst the exporter cannot keep
-up with: 262,144 spans hold a 60 s burst at 15,000/s as long as the exporter commits
-at least ~10,600/s (on the shared 2-core machine of the benchmark it managed about
-6,500/s and dropped 10–13 %). The queue costs memory as it fills: a queued GenAI span
-takes about 3.0–3.5 KB, so a full queue is ~750–880 MiB (the benchmark saw RSS grow
-by 845 MiB with 258,000 spans queued); lower ``TOKENTRACE_BSP_MAX_QUEUE_SIZE`` where
-memory matters more than bursts. Batches of 8,192 spans are one COPY and one transaction
-each. See ``bench/RESULTS.md`` for the figures and the machine they come from.
+delay 5 s). The queue is what absorbs a burst the exporter cannot keep up with, and
+262,144 spans hold a 60 s burst at 15,000/s even if the exporter stored only ~10,600/s.
+In ``bench/bench_export.py`` it stored a 60 s burst of 15,000 spans/s with nothing
+dropped and at most ~10,000 spans ever queued (the SDK's defaults dropped 1.6 % of
+it). The queue costs memory only as it fills: a queued GenAI span takes about 0.9 KB
+(1.4 KB once its figures are derived), so a full queue is ~220–350 MiB; lower
+``TOKENTRACE_BSP_MAX_QUEUE_SIZE`` where memory matters more than bursts. Batches of
+8,192 spans are one COPY and one transaction each. See ``bench/RESULTS.md`` for the
+figures and the machine they come from.
 """
 
 from __future__ import annotations

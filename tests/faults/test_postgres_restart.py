@@ -12,7 +12,6 @@ exporter retries. At the end every span sent must be stored exactly once.
 from __future__ import annotations
 
 import contextlib
-import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,7 +21,13 @@ from typing import Any
 import pytest
 
 from tests import pgcontrol
-from tests.helpers import query
+from tests.faults.conftest import (
+    assert_each_span_stored_once,
+    delivery,
+    exporter_retries,
+    grpc_stream,
+    stored_counts,
+)
 from tests.integration.receiver.clients import finish_sender_logged, start_sender
 from tests.integration.receiver.test_serve_process import ServeProcess
 from tokentrace.store.embedded import embedded_dsn
@@ -57,16 +62,6 @@ def own_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnPostgres]:
         pgcontrol.stop(pg.data)
 
 
-def _stored(dsn: str) -> tuple[int, int]:
-    [(total, distinct)] = query(
-        dsn,
-        "SELECT count(*), count(DISTINCT (trace_id, span_id)) FROM tokentrace.spans "
-        "WHERE service_name = %s",
-        (SERVICE,),
-    )
-    return int(total), int(distinct)
-
-
 def test_postgres_restart_during_steady_grpc_ingest(
     own_pg: OwnPostgres, subprocess_env: dict[str, str], record_figures: Any
 ) -> None:
@@ -76,19 +71,11 @@ def test_postgres_restart_during_steady_grpc_ingest(
     )
     try:
         port = int(server.wait_for(r"OTLP/gRPC listening on 127\.0\.0\.1:(\d+)$").group(1))
-        config = {
-            "service": SERVICE,
-            "mode": "stream",
-            "count": SECONDS * RATE,
-            "rate": RATE,
-            "targets": [
-                {"protocol": "grpc", "endpoint": f"http://127.0.0.1:{port}", "timeout": 30}
-            ],
-        }
+        config = grpc_stream(SERVICE, SECONDS, RATE, port)
         began = time.monotonic()
         sender = start_sender(config, subprocess_env)
         time.sleep(max(began + STOP_AFTER_S - time.monotonic(), 0))
-        before_stop = _stored(own_pg.dsn)[0]
+        before_stop = stored_counts(own_pg.dsn, SERVICE)[0]
         assert before_stop > 0, "nothing was stored before the outage"
         own_pg.stop()
         stopped_at = time.monotonic() - began
@@ -99,23 +86,16 @@ def test_postgres_restart_during_steady_grpc_ingest(
         elapsed = time.monotonic() - began
     finally:
         server.stop()
-    stored, distinct = _stored(own_pg.dsn)
-    retries = len(re.findall(r"StatusCode\.UNAVAILABLE.*retrying", log))
+    stored, distinct = stored_counts(own_pg.dsn, SERVICE)
+    retries = exporter_retries(log)
     record_figures(
         test="postgres stopped and restarted during OTLP/gRPC ingest",
         rate_spans_per_s=RATE,
         seconds=round(elapsed, 1),
         outage_at_s=round(stopped_at, 1),
         outage_s=round(down_s, 1),
-        sent=report["sent"],
-        acknowledged=report["ok_spans"],
-        failed_batches=report["failed_batches"],
         exporter_retries=retries,
-        stored=stored,
-        distinct=distinct,
-        duplicates=stored - distinct,
-        lost=report["sent"] - distinct,
+        **delivery(report, stored, distinct),
     )
     assert retries > 0, f"the outage never reached the exporter:\n{log}"
-    assert report == {"sent": SECONDS * RATE, "ok_spans": SECONDS * RATE, "failed_batches": 0}
-    assert (stored, distinct) == (SECONDS * RATE, SECONDS * RATE)
+    assert_each_span_stored_once(report, stored, distinct, SECONDS * RATE)

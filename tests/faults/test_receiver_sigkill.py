@@ -13,13 +13,18 @@ none twice.
 
 from __future__ import annotations
 
-import re
 import signal
 import time
 from typing import Any
 
-from tests.faults.conftest import free_port
-from tests.helpers import query
+from tests.faults.conftest import (
+    assert_each_span_stored_once,
+    delivery,
+    exporter_retries,
+    free_port,
+    grpc_stream,
+    stored_counts,
+)
 from tests.integration.receiver.clients import finish_sender_logged, start_sender
 from tests.integration.receiver.test_serve_process import ServeProcess
 
@@ -28,16 +33,6 @@ RATE = 500  # spans per second
 KILL_AFTER_S = 10
 DOWN_S = 3
 SERVICE = "fault-sigkill"
-
-
-def _stored(dsn: str) -> tuple[int, int]:
-    [(total, distinct)] = query(
-        dsn,
-        "SELECT count(*), count(DISTINCT (trace_id, span_id)) FROM tokentrace.spans "
-        "WHERE service_name = %s",
-        (SERVICE,),
-    )
-    return int(total), int(distinct)
 
 
 def _serve(grpc_port: int, http_port: int, env: dict[str, str]) -> ServeProcess:
@@ -56,22 +51,14 @@ def test_receiver_killed_mid_stream_and_restarted(
     first = _serve(grpc_port, http_port, subprocess_env)
     second: ServeProcess | None = None
     try:
-        config = {
-            "service": SERVICE,
-            "mode": "stream",
-            "count": SECONDS * RATE,
-            "rate": RATE,
-            "targets": [
-                {"protocol": "grpc", "endpoint": f"http://127.0.0.1:{grpc_port}", "timeout": 30}
-            ],
-        }
+        config = grpc_stream(SERVICE, SECONDS, RATE, grpc_port)
         began = time.monotonic()
         sender = start_sender(config, subprocess_env)
         time.sleep(max(began + KILL_AFTER_S - time.monotonic(), 0))
         first.process.send_signal(signal.SIGKILL)
         assert first.process.wait(timeout=30) == -signal.SIGKILL
         killed_at = time.monotonic() - began
-        stored_by_first = _stored(db)[0]
+        stored_by_first = stored_counts(db, SERVICE)[0]
         assert stored_by_first > 0, "nothing was stored before the kill"
         time.sleep(DOWN_S)
         second = _serve(grpc_port, http_port, subprocess_env)
@@ -84,27 +71,20 @@ def test_receiver_killed_mid_stream_and_restarted(
         first.stop()
         if second is not None:
             second.stop()
-    stored, distinct = _stored(db)
+    stored, distinct = stored_counts(db, SERVICE)
     stored_by_second = int(drained.group(1))
-    retries = len(re.findall(r"StatusCode\.UNAVAILABLE.*retrying", log))
+    retries = exporter_retries(log)
     record_figures(
         test="receiver SIGKILLed mid-stream and restarted on the same ports",
         rate_spans_per_s=RATE,
         seconds=round(elapsed, 1),
         killed_at_s=round(killed_at, 1),
         down_s=DOWN_S,
-        sent=report["sent"],
-        acknowledged=report["ok_spans"],
-        failed_batches=report["failed_batches"],
         exporter_retries=retries,
         stored_by_first_receiver=stored_by_first,
         stored_by_second_receiver=stored_by_second,
-        stored=stored,
-        distinct=distinct,
-        duplicates=stored - distinct,
-        lost=report["sent"] - distinct,
+        **delivery(report, stored, distinct),
     )
     assert retries > 0, f"the kill never reached the exporter:\n{log}"
-    assert report == {"sent": SECONDS * RATE, "ok_spans": SECONDS * RATE, "failed_batches": 0}
-    assert (stored, distinct) == (SECONDS * RATE, SECONDS * RATE)
+    assert_each_span_stored_once(report, stored, distinct, SECONDS * RATE)
     assert stored_by_first + stored_by_second == stored

@@ -89,6 +89,22 @@ def test_unreachable_database_is_one_clear_line_without_password(subprocess_env:
     assert "topsecret" not in out.stderr + out.stdout
 
 
+def test_a_report_past_its_statement_timeout_says_so(db: str, subprocess_env: dict[str, str]) -> None:
+    import psycopg
+
+    subprocess_env["TOKENTRACE_REPORT_TIMEOUT_MS"] = "300"
+    with psycopg.connect(db) as blocker:
+        # Holding this lock makes every report wait past its timeout.
+        blocker.execute("LOCK TABLE tokentrace.spans IN ACCESS EXCLUSIVE MODE")
+        out = tokentrace(subprocess_env, "report", "efficiency")
+        blocker.rollback()
+    assert out.returncode == 1
+    assert out.stderr.startswith("tokentrace: PostgreSQL cancelled the query: ")
+    assert "statement timeout" in out.stderr
+    assert "TOKENTRACE_REPORT_TIMEOUT_MS" in out.stderr
+    assert "cannot reach" not in out.stderr
+
+
 def test_help_explains_the_database_choice() -> None:
     out = subprocess.run([sys.executable, "-m", "tokentrace", "--help"], capture_output=True, text=True)
     assert out.returncode == 0

@@ -177,3 +177,42 @@ def test_many_writers_creating_the_same_new_days_at_once(db: str) -> None:
     assert errors == []
     days = query(db, "SELECT count(*) FROM tokentrace.span_partitions WHERE day BETWEEN '2031-01-01' AND '2031-01-20'")
     assert days == [(20,)]
+
+
+def test_an_export_overlapping_an_earlier_one_stores_each_span_once(db: str) -> None:
+    # The streamed COPY meets the stored spans midway: the careful path takes over.
+    now = int(dt.datetime.now(dt.timezone.utc).timestamp() * SEC)
+    spans = _spans(40, now, "overlap")
+    exporter = PostgresSpanExporter(db)
+    assert exporter.export(spans[10:20]) == SpanExportResult.SUCCESS
+    assert exporter.export(list(reversed(spans))) == SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert exporter.stats["exported"] == 40
+    assert exporter.stats["duplicates"] == 10
+    assert query(db, "SELECT count(*), count(DISTINCT span_id) FROM tokentrace.spans") == [(40, 40)]
+
+
+def test_write_ordered_isolates_a_row_postgresql_refuses(db: str) -> None:
+    from tokentrace.store.rows import SpanData, build_row, wire_row
+    from tokentrace.store.writer import SpanWriter
+
+    start = dt.datetime(2030, 5, 1, tzinfo=dt.timezone.utc)
+    base = int(start.timestamp() * SEC)
+    rows = [
+        wire_row(build_row(SpanData(bytes([1] * 16), i.to_bytes(8, "big"), None, f"s{i}", "CLIENT",
+                                    base + i * 1000, base + i * 1000 + SEC, {"gen_ai.request.model": "w"})))
+        for i in range(1, 7)
+    ]
+    bad = list(rows[3])
+    bad[-2] = b"\x01{not json"  # the attributes column: jsonb that PostgreSQL refuses
+    rows[3] = tuple(bad)
+    writer = SpanWriter(db)
+    result, written = writer.write_ordered(iter(rows), {start.date()})
+    writer.close()
+    assert written == rows
+    assert (result.received, result.inserted, result.duplicates) == (6, 5, 0)
+    assert [index for index, _ in result.rejected] == [3]
+    assert "json" in result.rejected[0][1].lower()
+    assert query(db, "SELECT name FROM tokentrace.spans ORDER BY start_time") == [
+        ("s1",), ("s2",), ("s3",), ("s5",), ("s6",)
+    ]

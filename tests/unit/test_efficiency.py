@@ -88,3 +88,10 @@ def test_per_token_never_divides_by_zero() -> None:
 
 def test_non_genai_span_derives_nothing() -> None:
     assert _derive({"http.route": "/"}, 10.0) == {}
+
+
+def test_a_time_to_first_chunk_too_large_for_milliseconds_is_unknown() -> None:
+    attrs = {**BASE, A.GEN_AI_USAGE_OUTPUT_TOKENS: 3, A.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK: 1e306}
+    out = _derive(attrs, 10.0)
+    assert A.TT_TTFT_MS not in out
+    assert out[A.TT_MS_PER_TOKEN] == 10.0 / 3

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import psycopg
 from opentelemetry.context import attach, detach, set_value
@@ -27,10 +27,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from tokentrace.config import env_str, max_attribute_chars, redact
-from tokentrace.exporter.spans import ResourceCache, span_data, span_row
+from tokentrace.exporter.spans import ResourceCache, in_key_order, span_data, span_days, span_row
 from tokentrace.exporter.spool import Spool, default_spool_dir
-from tokentrace.store.rows import BuiltRow, RowError, SpanData, build_row
-from tokentrace.store.writer import SpanWriter, WriteResult
+from tokentrace.store.rows import RowError, SpanData, WireRow, build_row, wire_row
+from tokentrace.store.writer import SpanWriter, WriteResult, row_name
 
 # The context key the contrib instrumentations honour (psycopg's among them).
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
@@ -93,8 +93,8 @@ class PostgresSpanExporter(SpanExporter):
     def _export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         # Older spooled batches go first, so the database sees batches in order.
         self._replay()
-        rows = self._build(spans)
-        result = self._get_writer().write(rows)
+        ordered = in_key_order(spans)
+        result, rows = self._get_writer().write_ordered(self._rows(ordered), span_days(ordered))
         self._note_success(result, rows)
         return SpanExportResult.SUCCESS
 
@@ -123,7 +123,7 @@ class PostgresSpanExporter(SpanExporter):
                 batch = Spool.read(path)
                 if batch:
                     rows = self._build_data(batch)
-                    self._note_success(self._get_writer().write(rows), rows)
+                    self._note_success(self._get_writer().write_wire(rows), rows)
                     replayed += len(batch)
                 path.unlink(missing_ok=True)  # only after the commit: a crash replays it again
         if replayed:
@@ -149,18 +149,19 @@ class PostgresSpanExporter(SpanExporter):
             finally:
                 detach(token)
 
-    def _build_data(self, batch: Sequence[SpanData]) -> list[BuiltRow]:
-        rows: list[BuiltRow] = []
+    def _build_data(self, batch: Sequence[SpanData]) -> list[WireRow]:
+        rows: list[WireRow] = []
         for data in batch:
             try:
-                rows.append(build_row(data, self._max_chars))
+                rows.append(wire_row(build_row(data, self._max_chars)))
             except RowError as exc:
                 self.stats["rejected"] += 1
                 _log.warning("spooled span %r not stored: %s", data.name, exc)
         return rows
 
-    def _build(self, spans: Sequence[ReadableSpan]) -> list[BuiltRow]:
-        rows: list[BuiltRow] = []
+    def _rows(self, spans: Sequence[ReadableSpan]) -> Iterator[WireRow]:
+        # Wire rows, made one at a time as the writer sends them (see write_ordered),
+        # and not BuiltRows: see tokentrace.store.rows.wire_row for why.
         resources = ResourceCache(self._max_chars)
         for span in spans:
             try:
@@ -171,10 +172,9 @@ class PostgresSpanExporter(SpanExporter):
                 continue
             if row.problems:
                 _log.warning("span %r stored with changes: %s", span.name, "; ".join(row.problems))
-            rows.append(row)
-        return rows
+            yield wire_row(row, resources.get(span.resource).jsonb)
 
-    def _note_success(self, result: WriteResult, rows: Sequence[BuiltRow]) -> None:
+    def _note_success(self, result: WriteResult, rows: Sequence[WireRow]) -> None:
         if self._failing_since is not None:
             _log.warning(
                 "PostgreSQL reachable again; exporting resumed after %d failed batch(es)",
@@ -185,7 +185,7 @@ class PostgresSpanExporter(SpanExporter):
         self.stats["duplicates"] += result.duplicates
         self.stats["rejected"] += len(result.rejected)
         for index, reason in result.rejected:
-            _log.warning("span %r refused by PostgreSQL: %s", rows[index].values[3], reason)
+            _log.warning("span %r refused by PostgreSQL: %s", row_name(rows[index]), reason)
 
     def _note_failure(self, exc: Exception) -> None:
         reason = redact(f"{type(exc).__name__}: {exc}".strip())

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
@@ -18,6 +19,9 @@ _STATUS = {StatusCode.UNSET: "UNSET", StatusCode.OK: "OK", StatusCode.ERROR: "ER
 _KIND = {kind: kind.name for kind in SpanKind}  # Enum.name is a slow property
 _DERIVED_KEYS = frozenset(A.DERIVED_KEYS)
 _ATTRIBUTES = COLUMNS.index("attributes")
+_FIGURES = slice(COLUMNS.index("inference_ms"), COLUMNS.index("load_ms") + 1)
+assert COLUMNS[_FIGURES] == ("inference_ms", "ms_per_token", "prefill_ms_per_token",
+                             "decode_ms_per_token", "ttft_ms", "load_ms")
 
 
 def span_data(span: ReadableSpan, attributes: Mapping[str, Any] | None = None) -> SpanData:
@@ -29,19 +33,44 @@ def span_data(span: ReadableSpan, attributes: Mapping[str, Any] | None = None) -
     status = span.status
     kind = span.kind
     resource = span.resource
-    return SpanData(
-        trace_id=ctx.trace_id.to_bytes(16, "big") if ctx else b"",
-        span_id=ctx.span_id.to_bytes(8, "big") if ctx else b"",
-        parent_span_id=parent.span_id.to_bytes(8, "big") if parent else None,
-        name=span.name,
-        kind=_KIND.get(kind) or kind.name,
-        start_ns=start,
-        end_ns=end if end is not None else start,
-        attributes=plain_attributes(span._attributes) if attributes is None else attributes,
-        resource=plain_attributes(resource.attributes) if resource else {},
-        status=_STATUS.get(status.status_code, "UNSET"),
-        status_message=status.description,
+    return SpanData(  # positional: this runs once per span exported
+        ctx.trace_id.to_bytes(16, "big") if ctx else b"",
+        ctx.span_id.to_bytes(8, "big") if ctx else b"",
+        parent.span_id.to_bytes(8, "big") if parent else None,
+        span.name,
+        _KIND.get(kind) or kind.name,
+        start,
+        end if end is not None else start,
+        plain_attributes(span._attributes) if attributes is None else attributes,
+        plain_attributes(resource.attributes) if resource else {},
+        _STATUS.get(status.status_code, "UNSET"),
+        status.description,
     )
+
+
+def _key(span: ReadableSpan) -> tuple[int, int, int]:
+    ctx = span.context
+    # Microseconds, as stored: the same order as the writer's (start_time, ids).
+    start_us = (span.start_time or 0) // 1000
+    return (start_us, ctx.trace_id, ctx.span_id) if ctx else (start_us, 0, 0)
+
+
+def in_key_order(spans: Sequence[ReadableSpan]) -> list[ReadableSpan]:
+    """``spans`` in the order their rows are written (see SpanWriter.write_ordered)."""
+    return sorted(spans, key=_key)
+
+
+_NS_PER_DAY = 86_400 * 10**9
+_EPOCH_DAY = dt.date(1970, 1, 1)
+
+
+def span_days(spans: Sequence[ReadableSpan]) -> set[dt.date]:
+    """The UTC days the spans start on: the partitions their rows need."""
+    days = {(span.start_time or 0) // _NS_PER_DAY for span in spans}
+    return {_EPOCH_DAY + dt.timedelta(days=day) for day in days if 0 <= day <= _MAX_DAY}
+
+
+_MAX_DAY = (dt.date(9999, 12, 31) - _EPOCH_DAY).days
 
 
 class ResourceCache:
@@ -90,11 +119,11 @@ def span_row(span: ReadableSpan, max_value_chars: int, resources: ResourceCache)
 
 def _unaltered(row: BuiltRow) -> bool:
     """No attribute needed sanitizing and every derived figure is finite."""
-    attrs: dict[str, Any] = row.values[_ATTRIBUTES]
-    if A.TT_SANITIZED in attrs:
+    values = row.values
+    if A.TT_SANITIZED in values[_ATTRIBUTES]:
         return False
-    for key in A.DERIVED_KEYS:
-        value = attrs.get(key)
+    # The derived figures' columns hold exactly the values of their attributes.
+    for value in values[_FIGURES]:
         if type(value) is float and not math.isfinite(value):
             return False
     return True

@@ -24,7 +24,7 @@ import datetime as dt
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +34,7 @@ from psycopg.types.string import BytesBinaryDumper
 
 from tokentrace.store.connection import connect
 from tokentrace.store.migrate import is_current, migrate
-from tokentrace.store.rows import COLUMN_TYPES, COLUMNS, BuiltRow, dumps
+from tokentrace.store.rows import COLUMN_TYPES, COLUMNS, BuiltRow, WireRow, wire_rows
 
 _log = logging.getLogger(__name__)
 _COLUMN_LIST = ", ".join(COLUMNS)
@@ -49,12 +49,13 @@ _MERGE_STAGING = (
     f"SELECT {_COLUMN_LIST} FROM tt_staging ORDER BY start_time, trace_id, span_id "
     "ON CONFLICT DO NOTHING"
 )
-# The two jsonb columns are the last two: each row is its scalar values plus those,
-# sent already encoded (see _jsonb), so they go through the bytes dumper.
+# The two jsonb columns are the last two and a wire row carries them already encoded
+# (tokentrace.store.rows.wire_row), so they go through the bytes dumper.
 _ATTRIBUTES, _RESOURCE = COLUMNS.index("attributes"), COLUMNS.index("resource")
 assert (_ATTRIBUTES, _RESOURCE) == (len(COLUMNS) - 2, len(COLUMNS) - 1)
 assert COLUMN_TYPES[_ATTRIBUTES] == COLUMN_TYPES[_RESOURCE] == "jsonb"
 _WIRE_TYPES = [*COLUMN_TYPES[:_ATTRIBUTES], "bytea", "bytea"]
+_START, _TRACE_ID, _SPAN_ID, _NAME = (COLUMNS.index(c) for c in ("start_time", "trace_id", "span_id", "name"))
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -137,28 +138,62 @@ class SpanWriter:
     # --- writing -----------------------------------------------------------------
     def write(self, rows: Sequence[BuiltRow]) -> WriteResult:
         """Store ``rows`` (each at most once); raises on connection failure."""
-        result = WriteResult(received=len(rows))
+        return self.write_wire(wire_rows(rows))
+
+    def write_wire(self, rows: Sequence[WireRow]) -> WriteResult:
+        """:meth:`write` for rows already made by :func:`~tokentrace.store.rows.wire_row`.
+
+        ``WriteResult.rejected`` indexes into ``rows``.
+        """
         if not rows:
-            return result
+            return WriteResult()
         with self._connection() as conn:
-            self._ensure_partitions(conn, rows)
+            self._ensure_partitions(conn, {row[_START].date() for row in rows})
+            return self._write_all(conn, rows)
+
+    def write_ordered(
+        self, rows: Iterable[WireRow], days: Collection[dt.date]
+    ) -> tuple[WriteResult, list[WireRow]]:
+        """Store rows produced lazily in key order, each sent as soon as it is made.
+
+        PostgreSQL then stores the first rows of a batch while the caller is still
+        building the rest, instead of the two taking turns. ``rows`` must come in
+        the writer's key order (``start_time``, ``trace_id``, ``span_id``) and
+        ``days`` must hold the UTC day of each. Returns the result and the rows
+        written, which ``WriteResult.rejected`` indexes into.
+        """
+        pending = iter(rows)
+        written: list[WireRow] = []
+        with self._connection() as conn:
+            self._ensure_partitions(conn, days)
             try:
-                self._write_isolating(conn, _in_key_order(rows), result)
-            except _PartitionGone:
-                # A day we knew was dropped meanwhile (prune): recreate it and retry once.
+                _copy(conn, _COPY_SPANS, _kept(pending, written))
+                conn.commit()
+            except _REFUSALS:
+                # A duplicate or a refused row: take the careful path with all the rows.
                 conn.rollback()
-                result = WriteResult(received=len(rows))
-                with self._days_lock:
-                    self._known_days.clear()
-                self._ensure_partitions(conn, rows)
-                self._write_isolating(conn, _in_key_order(rows), result)
+                written.extend(pending)
+                return self._write_all(conn, written), written
+        return WriteResult(received=len(written), inserted=len(written)), written
+
+    def _write_all(self, conn: Conn, rows: Sequence[WireRow]) -> WriteResult:
+        result = WriteResult(received=len(rows))
+        try:
+            self._write_isolating(conn, _in_key_order(rows), result)
+        except _PartitionGone:
+            # A day we knew was dropped meanwhile (prune): recreate it and retry once.
+            conn.rollback()
+            result = WriteResult(received=len(rows))
+            with self._days_lock:
+                self._known_days.clear()
+            self._ensure_partitions(conn, {row[_START].date() for row in rows})
+            self._write_isolating(conn, _in_key_order(rows), result)
         result.duplicates = result.received - result.inserted - len(result.rejected)
         return result
 
-    def _ensure_partitions(self, conn: Conn, rows: Sequence[BuiltRow]) -> None:
-        days = {row.start_time.date() for row in rows}
+    def _ensure_partitions(self, conn: Conn, days: Collection[dt.date]) -> None:
         with self._days_lock:
-            missing = sorted(days - self._known_days)
+            missing = sorted(set(days) - self._known_days)
         if not missing:
             return
         conn.execute("SELECT tokentrace.ensure_partitions(%s::date[])", (missing,))
@@ -167,11 +202,11 @@ class SpanWriter:
             self._known_days.update(missing)
 
     def _write_isolating(
-        self, conn: Conn, batch: list[tuple[int, BuiltRow]], result: WriteResult
+        self, conn: Conn, batch: list[tuple[int, WireRow]], result: WriteResult
     ) -> None:
         try:
             result.inserted += self._write_batch(conn, [row for _, row in batch])
-        except (psycopg.DataError, psycopg.errors.IntegrityError, psycopg.errors.ProgramLimitExceeded) as exc:
+        except _REFUSALS as exc:
             conn.rollback()
             if "no partition of relation" in str(exc):
                 raise _PartitionGone from exc
@@ -184,7 +219,7 @@ class SpanWriter:
             self._write_isolating(conn, batch[:middle], result)
             self._write_isolating(conn, batch[middle:], result)
 
-    def _write_batch(self, conn: Conn, rows: Sequence[BuiltRow]) -> int:
+    def _write_batch(self, conn: Conn, rows: Sequence[WireRow]) -> int:
         try:
             _copy(conn, _COPY_SPANS, rows)
             conn.commit()
@@ -198,14 +233,24 @@ class SpanWriter:
         return max(inserted, 0)
 
 
-def _in_key_order(rows: Sequence[BuiltRow]) -> list[tuple[int, BuiltRow]]:
+# What PostgreSQL answers to rows it will not take (duplicates included: IntegrityError).
+_REFUSALS = (psycopg.DataError, psycopg.errors.IntegrityError, psycopg.errors.ProgramLimitExceeded)
+
+
+def _kept(rows: Iterator[WireRow], written: list[WireRow]) -> Iterator[WireRow]:
+    for row in rows:
+        written.append(row)
+        yield row
+
+
+def _in_key_order(rows: Sequence[WireRow]) -> list[tuple[int, WireRow]]:
     # Writers that insert overlapping batches (the same spans retried to two receivers)
     # take the key locks in the same order, so they wait on each other instead of
     # deadlocking.
-    return sorted(enumerate(rows), key=lambda item: (item[1].start_time, item[1].values[0], item[1].values[1]))
+    return sorted(enumerate(rows), key=lambda item: (item[1][_START], item[1][_TRACE_ID], item[1][_SPAN_ID]))
 
 
-def _copy(conn: Conn, statement: str, rows: Sequence[BuiltRow]) -> None:
+def _copy(conn: Conn, statement: str, rows: Iterable[WireRow]) -> None:
     with conn.cursor() as cur:
         # For bytea, psycopg's default dumper by type is a Python one (it also accepts
         # the DB-API ``Binary`` wrapper); plain bytes are all we send, so the C one does.
@@ -213,21 +258,11 @@ def _copy(conn: Conn, statement: str, rows: Sequence[BuiltRow]) -> None:
         with cur.copy(statement) as copy:
             copy.set_types(_WIRE_TYPES)
             write_row = copy.write_row
-            shared: Any = None
-            shared_jsonb = b""
             for row in rows:
-                values = row.values
-                resource = values[_RESOURCE]
-                if resource is not shared:
-                    # Rows of one resource share its dict: its JSON is encoded once.
-                    shared, shared_jsonb = resource, _jsonb(resource)
-                write_row((*values[:_ATTRIBUTES], _jsonb(values[_ATTRIBUTES]), shared_jsonb))
+                write_row(row)
 
 
-def _jsonb(value: Any) -> bytes:
-    """``value`` in jsonb's binary COPY format: version 1, then the JSON text.
-
-    Byte for byte what psycopg's ``JsonbBinaryDumper`` sends for ``Jsonb(value)``,
-    without a Python dumper call per value.
-    """
-    return b"\x01" + dumps(value).encode()
+def row_name(row: WireRow) -> str:
+    """The span name of a wire row (for log lines about it)."""
+    name: str = row[_NAME]
+    return name
