@@ -20,7 +20,9 @@ gRPC ×N / HTTP ×N
     ``--clients`` client threads send the requests as fast as they are
     acknowledged, request *i* to receiver *i mod N*. A receiver answers only after
     the COPY is committed, so spans/s = spans ÷ (last answer − first send). Every
-    answer is checked to be a full success, and the stored rows are counted.
+    answer is checked to be a full success, and the stored rows are counted. A
+    receiver commits the requests in progress together (group commit); the spans
+    per COPY + commit over the run are read from each receiver's shutdown log line.
 
 For each phase the CPU seconds used by the receivers, the PostgreSQL processes and
 this client process are read, per span, to show which one is the bottleneck. A
@@ -31,6 +33,7 @@ Usage::
 
     python bench/bench_receiver.py                 # 5 rounds of 40 × 512 spans
     python bench/bench_receiver.py --quick         # a smoke run
+    python bench/bench_receiver.py --clients 8     # more requests in flight
     python bench/bench_receiver.py --dsn postgresql://...   # an existing server (emptied!)
 
 Without ``--dsn`` a fresh embedded PostgreSQL runs in a temporary directory.
@@ -243,9 +246,13 @@ class ServeProcess:
             time.sleep(0.05)
         raise RuntimeError(f"tokentrace serve did not start:\n{self.log.read_text()}")
 
-    def stop(self) -> None:
+    def stop(self) -> tuple[int, int] | None:
+        """Stop (drained); the spans stored and the writes (group commits) they took."""
         self.proc.terminate()
         self.proc.wait(timeout=60)
+        log = self.log.read_text()
+        found = re.search(r"(\d+) spans stored, \d+ rejected since start; (\d+) writes", log)
+        return (int(found.group(1)), int(found.group(2))) if found else None
 
 
 def _check(response: bytes) -> None:
@@ -526,10 +533,22 @@ def run_rounds(
                 flush=True,
             )
     finally:
-        for group in servers.values():
-            for server in group:
-                server.stop()
+        for n, group in servers.items():
+            report_writes(n, [server.stop() for server in group])
     return results
+
+
+def report_writes(receivers: int, stops: Sequence[tuple[int, int] | None]) -> None:
+    """How many spans each group commit carried, over the whole run (gRPC and HTTP)."""
+    if not stops or None in stops:
+        return
+    spans = sum(s[0] for s in stops if s)
+    writes = sum(s[1] for s in stops if s)
+    print(
+        f"receivers ×{receivers}: {spans:,} spans in {writes:,} writes = "
+        f"{spans / max(writes, 1):,.0f} spans per COPY + commit",
+        flush=True,
+    )
 
 
 def print_table(results: dict[str, list[dict[str, float]]], split: dict[str, float]) -> None:

@@ -46,6 +46,7 @@ from typing import Any
 from google.protobuf.message import DecodeError as _ProtobufDecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tokentrace.store.rows import SpanData
 
@@ -120,29 +121,42 @@ def decode_protobuf(body: bytes) -> Decoded:
     except _ProtobufDecodeError as exc:
         raise DecodeError(f"body is not a protobuf ExportTraceServiceRequest ({exc})") from None
     decoded = Decoded()
-    append = decoded.spans.append
-    attributes = pb_attributes
     for resource_spans in request.resource_spans:
-        resource = attributes(resource_spans.resource.attributes)
+        resource = pb_attributes(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
-            for span in scope_spans.spans:
-                status = span.status
-                append(
-                    SpanData(
-                        trace_id=span.trace_id,
-                        span_id=span.span_id,
-                        parent_span_id=span.parent_span_id or None,
-                        name=span.name,
-                        kind=kind_name(span.kind),
-                        start_ns=span.start_time_unix_nano,
-                        end_ns=span.end_time_unix_nano,
-                        attributes=attributes(span.attributes),
-                        resource=resource,
-                        status=status_name(status.code),
-                        status_message=status.message or None,
-                    )
-                )
+            _pb_add_spans(decoded.spans, scope_spans.spans, resource)
     return decoded
+
+
+# Enum value → name, with .get() defaults for values this version does not know.
+_KIND_BY_VALUE = dict(enumerate(KIND_NAMES))
+_STATUS_BY_VALUE = dict(enumerate(STATUS_NAMES))
+
+
+def _pb_add_spans(out: list[SpanData], spans: Iterable[Span], resource: dict[str, Any]) -> None:
+    # Run once per span: names bound locally and SpanData built positionally, which
+    # saves ~0.5 µs of ~10 per span over keywords and helper calls. The arguments
+    # follow SpanData's field order (tests/unit/receiver/test_decode.py checks each
+    # field by name).
+    append, attributes = out.append, pb_attributes
+    kind, status_of = _KIND_BY_VALUE.get, _STATUS_BY_VALUE.get
+    for span in spans:
+        status = span.status
+        append(
+            SpanData(
+                span.trace_id,
+                span.span_id,
+                span.parent_span_id or None,
+                span.name,
+                kind(span.kind, "INTERNAL"),
+                span.start_time_unix_nano,
+                span.end_time_unix_nano,
+                attributes(span.attributes),
+                resource,
+                status_of(status.code, "UNSET"),
+                status.message or None,
+            )
+        )
 
 
 # The hot loop of decoding: about 0.8 µs per attribute, nearly all of it in creating

@@ -62,7 +62,7 @@ class TraceService:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         try:
             with self._ingestor.admitted():
-                outcome = self._ingestor.store(decode_protobuf(body))
+                outcome = self._ingestor.store(body, decode_protobuf)
         except DecodeError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Overloaded as exc:

@@ -294,7 +294,7 @@ class HttpApp:
             body = request.read_body(self.settings.http_max_request_bytes)
             decode = decode_protobuf if media == protocol.PROTOBUF else decode_json
             with self.ingestor.admitted():
-                outcome = self.ingestor.store(decode(body))
+                outcome = self.ingestor.store(body, decode)
         except HttpError as exc:
             return _status_response(exc.status, str(exc), media, exc.headers)
         except DecodeError as exc:

@@ -1,17 +1,21 @@
 """From decoded spans to committed rows: the receiver's one path into the store.
 
-Both protocols call :meth:`Ingestor.store` with what :mod:`.decode` read. It builds
+Both protocols call :meth:`Ingestor.store` with a request body and the
+:mod:`.decode` function for its encoding. It decodes the body, builds
 each row with :func:`~tokentrace.store.rows.build_row` — the same normalize and
-derive steps the in-process exporter uses — and hands the batch to the shared
-:class:`~tokentrace.store.writer.SpanWriter`, which commits it in one transaction
-and skips spans already stored (so a client's retry of the same request stores
-nothing twice). :meth:`~Ingestor.store` returns only after the commit.
+derive steps the in-process exporter uses — and hands the rows to a
+:class:`~.group_commit.GroupCommitter`, which stores them together with those of
+other requests in progress through the shared
+:class:`~tokentrace.store.writer.SpanWriter`: one COPY and one transaction per
+group, spans already stored skipped (so a client's retry of the same request
+stores nothing twice). :meth:`~Ingestor.store` returns only after the commit.
 
 Spans refused on the way — by the decoder, by ``build_row`` (:class:`RowError`) or
 by PostgreSQL — are counted with their reasons in :class:`ExportOutcome`; the rest
 of the request is stored. A database that cannot be reached raises
-:class:`Unavailable` (retryable for the client). :meth:`~Ingestor.admitted` bounds
-the number of requests in progress and raises :class:`Overloaded` beyond it.
+:class:`Unavailable` (retryable for the client) in every request of the group.
+:meth:`~Ingestor.admitted` bounds the number of requests in progress and raises
+:class:`Overloaded` beyond it.
 
 This module also holds the bearer-token check both protocols use.
 """
@@ -22,7 +26,7 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -30,6 +34,11 @@ import psycopg
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from tokentrace.receiver.decode import Decoded, Rejection
+from tokentrace.receiver.group_commit import (
+    DEFAULT_MAX_GROUP_ROWS,
+    CommitterClosed,
+    GroupCommitter,
+)
 from tokentrace.store.rows import (
     BuiltRow,
     CleanMapping,
@@ -38,7 +47,7 @@ from tokentrace.store.rows import (
     build_row,
     clean_mapping,
 )
-from tokentrace.store.writer import SpanWriter
+from tokentrace.store.writer import SpanWriter, WriteResult
 
 _log = logging.getLogger(__name__)
 _SHOWN_REASONS = 5
@@ -71,8 +80,6 @@ class ExportOutcome:
     """What became of one export request."""
 
     received: int = 0
-    stored: int = 0
-    duplicates: int = 0
     rejected: list[Rejection] = field(default_factory=list)
 
     @property
@@ -137,7 +144,15 @@ def build_rows(
 class Ingestor:
     """Stores decoded export requests; shared by the gRPC and HTTP servers (thread-safe)."""
 
-    def __init__(self, writer: SpanWriter, *, max_value_chars: int, max_inflight: int) -> None:
+    def __init__(
+        self,
+        writer: SpanWriter,
+        *,
+        max_value_chars: int,
+        max_inflight: int,
+        writer_threads: int = 1,
+        max_group_rows: int = DEFAULT_MAX_GROUP_ROWS,
+    ) -> None:
         self._writer = writer
         self._max_value_chars = max_value_chars
         self._slots = threading.BoundedSemaphore(max_inflight)
@@ -145,6 +160,18 @@ class Ingestor:
         self.spans_stored = 0
         self.spans_rejected = 0
         self._last_logged: dict[str, float] = {}
+        # One request decodes and builds rows at a time. Under the GIL several would
+        # not run faster, but each busy thread makes the committer's thread wait
+        # longer for the GIL between COPY chunks, and a slow write holds up every
+        # request behind it (measured: bench/RESULTS.md, "OTLP receiver").
+        self._cpu_turn = threading.Lock()
+        self.committer = GroupCommitter(
+            self._write_group, threads=writer_threads, max_rows=max_group_rows
+        )
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the writer threads once what is queued is stored (after the servers drained)."""
+        self.committer.close(timeout)
 
     @contextmanager
     def admitted(self) -> Iterator[None]:
@@ -156,19 +183,42 @@ class Ingestor:
         finally:
             self._slots.release()
 
-    def store(self, decoded: Decoded) -> ExportOutcome:
-        """Build and commit the rows of ``decoded``; returns after the commit."""
+    def store(self, body: bytes, decode: Callable[[bytes], Decoded]) -> ExportOutcome:
+        """Decode ``body``, build and commit its rows; returns after the commit.
+
+        Raises what ``decode`` raises for a body that is not an export request.
+        """
+        with self._cpu_turn:
+            decoded = decode(body)
+            rows, sources, refused = build_rows(decoded.spans, self._max_value_chars)
         outcome = ExportOutcome(received=decoded.total, rejected=list(decoded.rejected))
-        rows, sources, refused = build_rows(decoded.spans, self._max_value_chars)
         outcome.rejected.extend(refused)
         if rows:
-            self._write(rows, sources, outcome)
+            for index, reason in self._commit(rows):
+                outcome.rejected.append(
+                    Rejection(*_ids(sources[index]), f"refused by PostgreSQL: {reason}")
+                )
         with self._counts_lock:
-            self.spans_stored += outcome.stored
             self.spans_rejected += outcome.rejected_count
         if outcome.rejected and self._may_log("rejected"):
             _log.info("export request: %s", outcome.error_message())
         return outcome
+
+    def _commit(self, rows: list[BuiltRow]) -> list[tuple[int, str]]:
+        """Rows PostgreSQL refused (index, reason), once committed with the group's others."""
+        try:
+            share = self.committer.write(rows)
+        except CommitterClosed as exc:
+            raise Unavailable(str(exc)) from None
+        error = share.error
+        if error is None:
+            return share.rejected
+        # A fresh exception per request: the group's one is shared by several threads.
+        if isinstance(error, Unavailable):
+            raise Unavailable(str(error)) from None
+        if isinstance(error, StorageError):
+            raise StorageError(str(error)) from None
+        raise StorageError(f"internal error ({type(error).__name__}; see the server log)") from None
 
     def _may_log(self, topic: str) -> bool:
         # Every client retries while the database is down, and a misbehaving one sends
@@ -180,7 +230,8 @@ class Ingestor:
             self._last_logged[topic] = now
         return True
 
-    def _write(self, rows: list[BuiltRow], sources: list[SpanData], outcome: ExportOutcome) -> None:
+    def _write_group(self, rows: list[BuiltRow]) -> WriteResult:
+        """One group's write, in a committer thread (so errors are logged once per group)."""
         try:
             # If the process runs under zero-code instrumentation (psycopg, say), writing
             # spans must not itself make spans: that would feed back into this receiver.
@@ -193,12 +244,12 @@ class Ingestor:
         except psycopg.Error as exc:
             _log.exception("the database refused a batch of %d spans", len(rows))
             raise StorageError(_first_line(exc)) from exc
-        for index, reason in result.rejected:
-            outcome.rejected.append(
-                Rejection(*_ids(sources[index]), f"refused by PostgreSQL: {reason}")
-            )
-        outcome.stored = result.inserted
-        outcome.duplicates = result.duplicates
+        except Exception:
+            _log.exception("writing a batch of %d spans failed", len(rows))
+            raise
+        with self._counts_lock:
+            self.spans_stored += result.inserted
+        return result
 
 
 def _first_line(exc: BaseException) -> str:

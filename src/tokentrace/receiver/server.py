@@ -17,9 +17,11 @@ acknowledged, so the client sends it again.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from types import FrameType, TracebackType
@@ -40,6 +42,10 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("tokentrace.receiver")
 _STARTUP_CONNECT_TIMEOUT_S = 5
+# Allocations between two young-generation collections (CPython's default is 700).
+_GC_YOUNG_THRESHOLD = 50_000
+# How long a thread may hold the GIL while another waits for it (CPython: 5 ms).
+_SWITCH_INTERVAL_S = 0.001
 
 
 class Receiver:
@@ -53,7 +59,16 @@ class Receiver:
             self.writer,
             max_value_chars=settings.max_value_chars,
             max_inflight=settings.max_inflight,
+            writer_threads=settings.db_connections,
         )
+        try:
+            self._bind_servers(settings, dsn)
+        except BaseException:
+            self.ingestor.close()  # its writer threads
+            raise
+        self._stopped = False
+
+    def _bind_servers(self, settings: ServeSettings, dsn: str) -> None:
         self._grpc = GrpcServer(TraceService(self.ingestor, settings.auth_token), settings)
         try:
             self._http = HttpServer(HttpApp(self.ingestor, dsn, settings), settings)
@@ -61,7 +76,6 @@ class Receiver:
             self._grpc.begin_stop(0).wait()
             self._grpc.close()
             raise
-        self._stopped = False
 
     @property
     def grpc_port(self) -> int:
@@ -89,6 +103,9 @@ class Receiver:
         self._http.stop(grace)
         grpc_done.wait()
         self._grpc.close()
+        # Requests still waiting (an HTTP one past the grace period) get their
+        # group written, or give up with the process.
+        self.ingestor.close(grace)
         self.writer.close()
 
     def __enter__(self) -> Self:
@@ -161,6 +178,33 @@ class _Signals:
         self.stop.set()
 
 
+def tune_interpreter() -> None:
+    """CPython settings for a receiver process (``tokentrace serve`` only, never a
+    library user's process); measured in bench/RESULTS.md ("OTLP receiver").
+
+    Garbage collector: each span decoded allocates a few dozen containers (dicts,
+    lists, ``SpanData``, rows) that live until its request is committed, tens of
+    milliseconds. With the default threshold of 700 allocations they are examined
+    by a young collection again and again, promoted, and then walked by full
+    collections together with every long-lived object of the process (some 50,000
+    after importing grpc, protobuf and psycopg). Freezing what exists after
+    start-up takes those out of every collection, and a young generation of 50,000
+    allocations lets most of a request's objects die before a collection sees them.
+    Reference counting still frees nearly everything at once; only garbage in
+    reference cycles waits a little longer.
+
+    Switch interval: the committer's thread streams each COPY in chunks and needs
+    the GIL back after each one; while a request thread decodes, it waited up to
+    5 ms each time, which made one write of 512 rows take ~50 ms. At 1 ms the
+    writes, and so every request waiting on them, finish sooner.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, middle, old)
+    sys.setswitchinterval(_SWITCH_INTERVAL_S)
+
+
 def serve(settings: ServeSettings, dsn: str) -> int:
     """Run until SIGTERM/SIGINT, then drain; returns the exit status (0)."""
     signals = _Signals()
@@ -170,16 +214,20 @@ def serve(settings: ServeSettings, dsn: str) -> int:
         receiver = Receiver(settings, dsn)
         try:
             receiver.start()
+            tune_interpreter()
             _log_listening(receiver)
             while not signals.stop.wait(1.0):
                 pass
             started = time.monotonic()
             receiver.stop()
+            ingestor = receiver.ingestor
             _log.info(
-                "stopped after draining for %.1f s; %d spans stored, %d rejected since start",
+                "stopped after draining for %.1f s; %d spans stored, %d rejected since start; "
+                "%d writes",
                 time.monotonic() - started,
-                receiver.ingestor.spans_stored,
-                receiver.ingestor.spans_rejected,
+                ingestor.spans_stored,
+                ingestor.spans_rejected,
+                ingestor.committer.groups_written,
             )
         finally:
             receiver.stop()
