@@ -22,11 +22,18 @@ derives ms/token, as any exporter does) and drops it; storage is the subject of
 metrics API is a no-op, as after ``tokentrace.instrument()``) and **traces +
 metrics** (an SDK ``MeterProvider`` records the four GenAI histograms).
 
-Runs are interleaved (baseline batch, instrumented batch, …); each figure is the
-median over the rounds. CPU time (``time.process_time``, all threads, so the batch
-exporter's work is included) is the primary figure; wall time is shown for the
-network runs. A bare SDK span (start + end, no processor) is timed as the
-machine's yardstick.
+In process, "span alone" is the pipeline's cost for the span an Ollama chat
+produces (same attributes) with no instrumentation code around it: the wrapper's
+own Python is the difference between a call's row and that one.
+
+Runs are interleaved (baseline batch, instrumented batch, in alternating order
+from round to round); each figure is the median over the rounds. Every timed batch
+ends with the tracer provider's ``force_flush``, so the batch processor's export
+work for that batch's spans is counted in it (not left to spill into the next
+batch, or out of the measurement). CPU time (``time.process_time``, all threads,
+so the exporter thread's work is included) is the primary figure; wall time is
+shown for the network runs. A bare SDK span (start + end, no processor) is timed
+as the machine's yardstick.
 
 Usage::
 
@@ -54,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 TARGET_CALL_US = 50.0
 TARGET_CHUNK_US = 1.0
 MODEL = "bench"
+NO_LOAD = "bench-no-load"  # a model whose server reports no load_duration
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
 
@@ -67,6 +75,7 @@ def serve(chunks: int) -> None:
         MODEL: Script(
             load_ns=3_000_000, prompt_eval_ns=2_000_000, eval_ns=4_500_000, total_ns=9_000_000
         ),
+        NO_LOAD: Script(prompt_eval_ns=2_000_000, eval_ns=4_500_000, total_ns=9_000_000),
         "stream": Script(tokens=["x"] * chunks, eval_ns=1_000_000),
     }
     with FakeOllama(dict(scripts)) as native, FakeOpenAI(dict(scripts)) as compatible:
@@ -75,34 +84,66 @@ def serve(chunks: int) -> None:
 
 
 # --- measuring ----------------------------------------------------------------------
-def _batch(fn: Callable[[], Any], n: int) -> tuple[float, float]:
-    """Mean wall and CPU µs of ``fn`` over ``n`` calls."""
+def _batch(
+    fn: Callable[[], Any], n: int, flush: Callable[[], Any] | None = None
+) -> tuple[float, float]:
+    """Mean wall and CPU µs of ``fn`` over ``n`` calls, ``flush()`` included.
+
+    ``flush`` (the tracer provider's ``force_flush``) makes the batch processor
+    export, on its thread, what this batch queued before the clock stops: that work
+    is part of what the calls cost, and must not leak into the next batch.
+    """
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for _ in range(n):
         fn()
+    if flush is not None:
+        flush()
     wall1, cpu1 = time.perf_counter(), time.process_time()
     return (wall1 - wall0) / n * 1e6, (cpu1 - cpu0) / n * 1e6
 
 
-def _interleaved(
-    plain: Callable[[], Any], traced: Callable[[], Any], n: int, rounds: int
-) -> dict[str, float]:
-    """Median over rounds of (traced − plain), wall and CPU µs, plus the baselines."""
-    for _ in range(max(n // 10, 3)):
-        plain()
-        traced()
-    base: list[tuple[float, float]] = []
-    diff: list[tuple[float, float]] = []
-    for _ in range(rounds):
-        p, t = _batch(plain, n), _batch(traced, n)
-        base.append(p)
-        diff.append((t[0] - p[0], t[1] - p[1]))
+def _summary(base: list[tuple[float, float]], diff: list[tuple[float, float]]) -> dict[str, float]:
+    cpu = [d[1] for d in diff]
+    q1, _, q3 = statistics.quantiles(cpu, n=4) if len(cpu) > 1 else (cpu[0], 0.0, cpu[0])
     return {
         "baseline_wall_us": statistics.median(b[0] for b in base),
         "baseline_cpu_us": statistics.median(b[1] for b in base),
         "overhead_wall_us": statistics.median(d[0] for d in diff),
-        "overhead_cpu_us": statistics.median(d[1] for d in diff),
+        "overhead_cpu_us": statistics.median(cpu),
+        "overhead_cpu_q1_us": q1,  # the spread of the per-round differences
+        "overhead_cpu_q3_us": q3,
+        "rounds": len(diff),
     }
+
+
+def _interleaved(
+    plain: Callable[[], Any],
+    traced: Callable[[], Any],
+    n: int,
+    rounds: int,
+    flush: Callable[[], Any] | None = None,
+) -> dict[str, float]:
+    """Median over rounds of (traced − plain), wall and CPU µs, plus the baselines.
+
+    Each round times a plain and a traced batch, in alternating order (so a drift
+    of the machine's speed during a round does not favour either), each ending
+    with ``flush()``.
+    """
+    for _ in range(max(n // 10, 3)):
+        plain()
+        traced()
+    if flush is not None:
+        flush()
+    base: list[tuple[float, float]] = []
+    diff: list[tuple[float, float]] = []
+    for i in range(rounds):
+        if i % 2:
+            t, p = _batch(traced, n, flush), _batch(plain, n, flush)
+        else:
+            p, t = _batch(plain, n, flush), _batch(traced, n, flush)
+        base.append(p)
+        diff.append((t[0] - p[0], t[1] - p[1]))
+    return _summary(base, diff)
 
 
 class Tracing:
@@ -156,24 +197,28 @@ def _network_pair(
     """Like :func:`_interleaved`, instrumenting the real library around each traced batch."""
     for _ in range(max(n // 5, 3)):
         fn()  # warm the connection pool
-    base: list[tuple[float, float]] = []
-    diff: list[tuple[float, float]] = []
-    for _ in range(rounds):
-        plain = _batch(fn, n)
+    flush = tracing.tracer_provider.force_flush
+
+    def traced_batch() -> tuple[float, float]:
         instrumentor.instrument(**tracing.kwargs)
         try:
-            traced = _batch(fn, n)
+            return _batch(fn, n, flush)
         finally:
             instrumentor.uninstrument()
-        tracing.tracer_provider.force_flush()
+
+    traced_batch()  # warm the instrumented path
+    base: list[tuple[float, float]] = []
+    diff: list[tuple[float, float]] = []
+    for i in range(rounds):
+        if i % 2:
+            traced = traced_batch()
+            plain = _batch(fn, n, flush)
+        else:
+            plain = _batch(fn, n, flush)
+            traced = traced_batch()
         base.append(plain)
         diff.append((traced[0] - plain[0], traced[1] - plain[1]))
-    return {
-        "baseline_wall_us": statistics.median(b[0] for b in base),
-        "baseline_cpu_us": statistics.median(b[1] for b in base),
-        "overhead_wall_us": statistics.median(d[0] for d in diff),
-        "overhead_cpu_us": statistics.median(d[1] for d in diff),
-    }
+    return _summary(base, diff)
 
 
 def network(quick: bool, chunks: int) -> dict[str, Any]:
@@ -183,7 +228,9 @@ def network(quick: bool, chunks: int) -> dict[str, Any]:
     from tokentrace.instrumentation.ollama import OllamaInstrumentor
     from tokentrace.instrumentation.openai import OpenAIInstrumentor
 
-    calls, streams, rounds = (100, 4, 3) if quick else (400, 16, 7)
+    # Many short rounds: the loopback round trip's jitter is larger than the
+    # overhead, and a median over many rounds is what tames it.
+    calls, streams, rounds = (100, 4, 3) if quick else (200, 8, 21)
     child = subprocess.Popen(
         [sys.executable, __file__, "--serve", "--chunks", str(chunks)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
@@ -201,6 +248,9 @@ def network(quick: bool, chunks: int) -> dict[str, Any]:
             def ollama_chat() -> None:
                 oc.chat(model=MODEL, messages=MESSAGES)
 
+            def ollama_chat_no_load() -> None:
+                oc.chat(model=NO_LOAD, messages=MESSAGES)
+
             def openai_chat() -> None:
                 ac.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
 
@@ -216,6 +266,9 @@ def network(quick: bool, chunks: int) -> dict[str, Any]:
                 out[f"ollama chat ({tracing.label})"] = _network_pair(
                     ollama_chat, OllamaInstrumentor(), tracing, calls, rounds
                 )
+                out[f"ollama chat, no load reported ({tracing.label})"] = _network_pair(
+                    ollama_chat_no_load, OllamaInstrumentor(), tracing, calls, rounds
+                )
                 out[f"openai chat ({tracing.label})"] = _network_pair(
                     openai_chat, OpenAIInstrumentor(), tracing, calls, rounds
                 )
@@ -228,17 +281,23 @@ def network(quick: bool, chunks: int) -> dict[str, Any]:
         child.wait(timeout=30)
         for tracing in pipelines:
             tracing.shutdown()
-    out["ollama per chunk"] = _per_chunk(ollama_s, out["ollama chat (traces)"], chunks + 1)
+    # The stream's final chunk reports no load: the per-call part is the no-load call's.
+    no_load = out["ollama chat, no load reported (traces)"]
+    out["ollama per chunk"] = _per_chunk(ollama_s, no_load, chunks + 1)
     out["openai per chunk"] = _per_chunk(openai_s, out["openai chat (traces)"], chunks)
     return out
 
 
 def _per_chunk(stream: dict[str, float], call: dict[str, float], chunks: int) -> dict[str, float]:
+    per_call = call["overhead_cpu_us"]
     return {
         "baseline_wall_us": stream["baseline_wall_us"] / chunks,
         "baseline_cpu_us": stream["baseline_cpu_us"] / chunks,
         "overhead_wall_us": (stream["overhead_wall_us"] - call["overhead_wall_us"]) / chunks,
-        "overhead_cpu_us": (stream["overhead_cpu_us"] - call["overhead_cpu_us"]) / chunks,
+        "overhead_cpu_us": (stream["overhead_cpu_us"] - per_call) / chunks,
+        "overhead_cpu_q1_us": (stream["overhead_cpu_q1_us"] - per_call) / chunks,
+        "overhead_cpu_q3_us": (stream["overhead_cpu_q3_us"] - per_call) / chunks,
+        "rounds": stream["rounds"],
     }
 
 
@@ -252,17 +311,42 @@ def in_process(quick: bool, chunks: int, tracing: Tracing) -> dict[str, Any]:
     import ollama
     import openai
     from openai.types.chat import ChatCompletion, ChatCompletionChunk
+    from opentelemetry.trace import SpanKind
 
     from tokentrace.instrumentation import _openai_stream
     from tokentrace.instrumentation import ollama as tt_ollama
     from tokentrace.instrumentation import openai as tt_openai
     from tokentrace.instrumentation._common import Call, telemetry_from
-    from tokentrace.instrumentation.openai import SpanKind
 
     n, rounds = (2_000, 3) if quick else (20_000, 7)
     m = max(n // chunks, 10)
     telemetry = telemetry_from("bench", tracing.kwargs)
+    flush = tracing.tracer_provider.force_flush
     out: dict[str, Any] = {}
+
+    # What the pipeline alone costs for the span an Ollama chat produces (same name,
+    # kind and 12 attributes, five at start and seven at the end), with no
+    # instrumentation code: the wrapper's own share is the difference.
+    start_attrs: dict[str, Any] = {
+        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "ollama",
+        "gen_ai.request.model": MODEL, "server.address": "127.0.0.1", "server.port": 11434,
+    }  # fmt: skip
+    end_attrs: dict[str, Any] = {
+        "gen_ai.response.model": MODEL, "gen_ai.usage.input_tokens": 7,
+        "gen_ai.usage.output_tokens": 3, "gen_ai.response.finish_reasons": ("stop",),
+        "tokentrace.server.prompt_eval_duration_ns": 2_000_000,
+        "tokentrace.server.eval_duration_ns": 4_500_000,
+        "tokentrace.server.total_duration_ns": 9_000_000,
+    }  # fmt: skip
+
+    def pipeline_span() -> None:
+        span = telemetry.tracer.start_span(
+            f"chat {MODEL}", kind=SpanKind.CLIENT, attributes=start_attrs
+        )
+        span.set_attributes(end_attrs)
+        span.end()
+
+    out["span alone, no wrapper"] = _interleaved(lambda: None, pipeline_span, n, rounds, flush)
 
     # Ollama: _request(cls, "POST", path, json=..., stream=...) returning a ChatResponse.
     reply = ollama.ChatResponse(
@@ -280,7 +364,7 @@ def in_process(quick: bool, chunks: int, tracing: Tracing) -> dict[str, Any]:
         out[label] = _interleaved(
             lambda: request(*args, json=body, stream=False),  # noqa: B023
             lambda: wrapper(request, client, args, {"json": body, "stream": False}),  # noqa: B023
-            n, rounds,
+            n, rounds, flush,
         )  # fmt: skip
 
     parts = [
@@ -301,7 +385,7 @@ def in_process(quick: bool, chunks: int, tracing: Tracing) -> dict[str, Any]:
         for _ in wrapper(parts_gen, client, args, {"json": body, "stream": True}):
             pass
 
-    stream = _interleaved(ollama_plain, ollama_traced, m, rounds)
+    stream = _interleaved(ollama_plain, ollama_traced, m, rounds, flush)
     out["ollama per chunk"] = _per_chunk(stream, out["ollama chat, no load reported"], chunks + 1)
 
     # OpenAI: Completions.create(model=..., messages=...) returning a ChatCompletion.
@@ -319,6 +403,7 @@ def in_process(quick: bool, chunks: int, tracing: Tracing) -> dict[str, Any]:
         lambda: create_wrapper(create, oa.chat.completions, (), kwargs),
         n,
         rounds,
+        flush,
     )
 
     chunk = ChatCompletionChunk.model_validate({
@@ -338,10 +423,10 @@ def in_process(quick: bool, chunks: int, tracing: Tracing) -> dict[str, Any]:
         for _ in _openai_stream.traced_stream(iter(chunk_list), call, state):
             pass
 
-    stream = _interleaved(openai_plain, openai_traced, m, rounds)
+    stream = _interleaved(openai_plain, openai_traced, m, rounds, flush)
     out["openai per chunk"] = _per_chunk(stream, out["openai chat"], chunks)
     oa.close()
-    client.close()
+    client.close()  # type: ignore[no-untyped-call]
     return out
 
 
@@ -359,8 +444,18 @@ def reference_span_us(quick: bool) -> float:
     ]
 
 
+def _load() -> str:
+    path = Path("/proc/loadavg")
+    return path.read_text().split()[0] if path.exists() else "?"
+
+
 def run(quick: bool, chunks: int) -> dict[str, Any]:
-    result: dict[str, Any] = {"reference_span_us": reference_span_us(quick), "in_process": {}}
+    result: dict[str, Any] = {
+        "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_at_start": _load(),
+        "reference_span_us": reference_span_us(quick),
+        "in_process": {},
+    }
     for metrics in (False, True):
         tracing = Tracing(metrics)
         try:
@@ -368,6 +463,7 @@ def run(quick: bool, chunks: int) -> dict[str, Any]:
         finally:
             tracing.shutdown()
     result["network"] = network(quick, chunks)
+    result["load_at_end"] = _load()
     return result
 
 
@@ -383,48 +479,60 @@ def _machine() -> str:
 
     memory = out(["free", "-h"]).splitlines()
     total = memory[1].split()[1] if len(memory) > 1 else "?"
-    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
-    return f"{out(['nproc'])} CPUs, {total} RAM, load average {load} at the end, Python {platform.python_version()}"
+    return f"{out(['nproc'])} CPUs, {total} RAM, Python {platform.python_version()}"
 
 
 def report(data: dict[str, Any], quick: bool) -> str:
     from importlib.metadata import version
 
+    by_config = data["in_process"]
     lines = [
         (
-            f"{dt.date.today().isoformat()}{' (--quick)' if quick else ''} · {_machine()} · ollama "
-            f"{version('ollama')}, openai {version('openai')}, opentelemetry-sdk {version('opentelemetry-sdk')}"
+            f"{data['started']}{' (--quick)' if quick else ''} · {_machine()} · load average "
+            f"{data['load_at_start']} at the start, {data['load_at_end']} at the end · ollama "
+            f"{version('ollama')}, openai {version('openai')}, opentelemetry-sdk "
+            f"{version('opentelemetry-sdk')}"
         ),
         "",
-        f"Yardstick: one bare SDK span (start + end, no processor) = {data['reference_span_us']:.1f} µs CPU.",
+        (
+            f"Yardstick: one bare SDK span (start + end, no processor) = "
+            f"{data['reference_span_us']:.1f} µs CPU."
+        ),
         "",
-        "In process (the wrapper around a prebuilt real response; CPU µs, median):",
+        (
+            "In process (the wrapper around a prebuilt real response; CPU µs, median of "
+            f"{by_config['traces']['openai chat']['rounds']} rounds [interquartile range]):"
+        ),
         "",
         "| | traces | traces + metrics |",
         "| --- | --- | --- |",
     ]
-    by_config = data["in_process"]
+
+    def cell(r: dict[str, float]) -> str:
+        return f"{r['overhead_cpu_us']:.2f} [{r['overhead_cpu_q1_us']:.2f}–{r['overhead_cpu_q3_us']:.2f}]"
+
     for key in by_config["traces"]:
         unit = "chunk" if "chunk" in key else "call"
-        cells = " | ".join(
-            f"{by_config[c][key]['overhead_cpu_us']:.2f}" for c in ("traces", "traces + metrics")
-        )
+        cells = " | ".join(cell(by_config[c][key]) for c in ("traces", "traces + metrics"))
         lines.append(f"| {key} (µs/{unit}) | {cells} |")
+    network = data["network"]
     lines += [
         "",
         (
             "Over the network (real client, local fake server in another process; median of the "
-            "per-round difference, same-run baseline):"
+            f"per-round difference over {network['openai chat (traces)']['rounds']} rounds, "
+            "same-run baseline):"
         ),
         "",
-        "| | baseline wall / CPU µs | overhead wall / CPU µs |",
-        "| --- | --- | --- |",
+        "| | baseline wall / CPU µs | overhead wall / CPU µs | CPU interquartile range |",
+        "| --- | --- | --- | --- |",
     ]
-    for key, r in data["network"].items():
+    for key, r in network.items():
         unit = "chunk" if "chunk" in key else "call"
         lines.append(
             f"| {key} (per {unit}) | {r['baseline_wall_us']:.1f} / {r['baseline_cpu_us']:.1f} "
-            f"| {r['overhead_wall_us']:.2f} / {r['overhead_cpu_us']:.2f} |"
+            f"| {r['overhead_wall_us']:.2f} / {r['overhead_cpu_us']:.2f} "
+            f"| {r['overhead_cpu_q1_us']:.2f} – {r['overhead_cpu_q3_us']:.2f} |"
         )
     lines += [
         "",
@@ -440,12 +548,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--chunks", type=int, default=500, help="chunks per streamed call (default 500)"
     )
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
+    parser.add_argument(
+        "--report", metavar="JSON", help="print the report of figures saved with --json"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve(args.chunks)
         return 0
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        print(report(saved, saved.get("quick", False)))
+        return 0
     data = run(args.quick, args.chunks)
+    data["quick"] = args.quick
     print(json.dumps(data, indent=2) if args.json else report(data, args.quick))
     return 0
 

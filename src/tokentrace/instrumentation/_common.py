@@ -10,7 +10,13 @@
   span attributes and GenAI metrics when the call ends. It records raw facts only:
   ms/token is derived later, by the processor or the store.
 * Telemetry never changes the caller's outcome: helpers called after the wrapped
-  call go through :func:`guard`, which logs and swallows its own failures.
+  call go through :func:`guard` (or :meth:`Call.end`), which log and swallow their
+  own failures.
+* This code runs on every model call, so it keeps work off that path: the context
+  is looked up once per call (:func:`enabled_context`), what depends only on the
+  server is computed once per client URL (:class:`ServerAttrs`), request details
+  are read only when the span records, and response fields are read without
+  pydantic's slow path for absent attributes (:func:`field`).
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from contextvars import Token
 from dataclasses import dataclass
-from types import ModuleType
+from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import wrapt
 from opentelemetry import context as otel_context
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry import trace
 from opentelemetry.metrics import get_meter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
@@ -55,9 +62,12 @@ __all__ = [
     "BaseInstrumentor",
     "Call",
     "Patcher",
+    "ServerAttrs",
     "Telemetry",
     "capture_content_default",
     "chat_messages",
+    "enabled_context",
+    "field",
     "guard",
     "mark_error",
     "telemetry_from",
@@ -129,6 +139,70 @@ def guard(func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         return None
 
 
+# The keys by which ``suppress_instrumentation()`` turns instrumentations off (the
+# second, a plain string, is what older code sets). Read here directly so that a
+# call looks the current context up once, for this check and as its span's parent.
+_SUPPRESS_KEYS = (_SUPPRESS_INSTRUMENTATION_KEY, "suppress_instrumentation")
+
+
+def enabled_context() -> otel_context.Context | None:
+    """The current context, or None when instrumentation is suppressed in it.
+
+    Same test as ``opentelemetry.instrumentation.utils.is_instrumentation_enabled``.
+    """
+    ctx = otel_context.get_current()
+    for key in _SUPPRESS_KEYS:
+        if ctx.get(key):
+            return None
+    return ctx
+
+
+def field(obj: Any, name: str) -> Any:
+    """``getattr(obj, name, None)``, cheap for pydantic models when ``name`` is absent.
+
+    A pydantic model answers a missing attribute through its Python ``__getattr__``,
+    which raises: several µs per miss. Its fields are in ``__dict__`` and, for models
+    that allow extra fields (``openai``'s), the extras in ``__pydantic_extra__``.
+    """
+    values = getattr(obj, "__dict__", None)
+    if values is not None and name in values:
+        return values[name]
+    extra = getattr(obj, "__pydantic_extra__", None)
+    if type(extra) is dict:
+        return extra.get(name)
+    return getattr(obj, name, None)
+
+
+class ServerAttrs:
+    """``server.*`` attributes (and what depends only on the server) per base URL.
+
+    Clients keep one immutable ``httpx.URL`` as their base URL; reading its host and
+    port and choosing a provider once per URL object, not once per call, keeps that
+    off the hot path. Entries are keyed by ``id`` and hold the URL itself, so an id
+    cannot be reused while its entry lives; the cache is emptied when it grows past
+    a few dozen URLs.
+    """
+
+    __slots__ = ("_cache", "_compute")
+
+    _MAX = 64
+
+    def __init__(self, compute: Callable[[Any], dict[str, Any]]) -> None:
+        self._compute = compute
+        self._cache: dict[int, tuple[Any, Mapping[str, Any]]] = {}
+
+    def __call__(self, url: Any) -> Mapping[str, Any]:
+        """The attributes for ``url``: shared, never to be mutated."""
+        hit = self._cache.get(id(url))
+        if hit is not None and hit[0] is url:
+            return hit[1]
+        attrs = self._compute(url)
+        if len(self._cache) >= self._MAX:
+            self._cache.clear()
+        self._cache[id(url)] = (url, attrs)
+        return attrs
+
+
 def mark_error(span: Span, exc: BaseException) -> None:
     """Record ``exc`` on ``span``: status ERROR, ``error.type`` = the class name."""
     if span.is_recording():
@@ -164,13 +238,21 @@ def chat_messages(messages: Any) -> str:
 class Call:
     """One instrumented call: a span, its clock, and what it produced.
 
+    Used as a context manager around the wrapped call: ``with call:`` makes the span
+    current (so the library's own nested spans, e.g. an HTTP client's, are its
+    children) and ends the call as failed if the wrapped call raises, leaving the
+    exception to propagate unchanged. :meth:`end` then records the response and
+    ends the call.
+
     Attributes learnt from the response go into :attr:`attrs` and reach the span in
     one ``set_attributes`` when the call finishes (one lock, not one per key).
     """
 
     __slots__ = (
         "_ended",
+        "_parent",
         "_t0",
+        "_token",
         "attrs",
         "chunks",
         "decode_s",
@@ -190,10 +272,19 @@ class Call:
         telemetry: Telemetry,
         name: str,
         kind: SpanKind,
-        attrs: dict[str, Any],
+        attrs: Mapping[str, Any],
         parent: otel_context.Context | None = None,
+        metric_attrs: Mapping[str, Any] | None = None,
     ) -> None:
+        """Start the span with ``attrs`` (which the SDK copies; never mutated here).
+
+        ``metric_attrs`` are the metrics' attributes when the caller has them at hand
+        (they are never mutated either: a change makes a new dict); else they are
+        picked from ``attrs``. ``parent`` is the context the call was made in, when
+        the caller already looked it up (``None``: the current one).
+        """
         self.telemetry = telemetry
+        self._parent = parent
         self.start_ns = time.time_ns()
         self._t0 = time.perf_counter_ns()
         self.span = telemetry.tracer.start_span(
@@ -201,7 +292,11 @@ class Call:
         )
         self.recording = self.span.is_recording()
         self.attrs: dict[str, Any] = {}
-        self.metric_attrs = {key: attrs[key] for key in _METRIC_KEYS if key in attrs}
+        self.metric_attrs: Mapping[str, Any] = (
+            {key: attrs[key] for key in _METRIC_KEYS if key in attrs}
+            if metric_attrs is None
+            else metric_attrs
+        )
         self.first_ns: int | None = None
         self.last_ns = 0
         self.chunks = 0
@@ -209,14 +304,36 @@ class Call:
         self.output_tokens: int | None = None
         self.decode_s: float | None = None  # server-reported time per output token
         self._ended = False
+        self._token: Token[otel_context.Context] | None = None
 
-    def attach(self) -> Token[otel_context.Context]:
+    def __enter__(self) -> Call:
         """Make the span current (for the library's own nested spans)."""
-        return otel_context.attach(trace.set_span_in_context(self.span))
+        self._token = otel_context.attach(trace.set_span_in_context(self.span, self._parent))
+        return self
 
-    @staticmethod
-    def detach(token: Token[otel_context.Context]) -> None:
-        otel_context.detach(token)
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Returns None: an exception of the wrapped call propagates unchanged.
+        if self._token is not None:
+            otel_context.detach(self._token)
+            self._token = None
+        if exc is not None:
+            self.fail(exc)
+
+    def end(self, record: Callable[..., object], *args: Any) -> None:
+        """``record(self, *args)`` (what the response said), then :meth:`finish`.
+
+        A failure of ``record`` is logged and does not reach the caller.
+        """
+        try:
+            record(self, *args)
+        except Exception:  # noqa: BLE001 - telemetry must never break the caller
+            _log.debug("tokentrace: recording a response failed in %s", record, exc_info=True)
+        self.finish()
 
     def tick(self) -> None:
         """A stream chunk arrived now."""
@@ -237,12 +354,13 @@ class Call:
     def set_response_model(self, model: Any) -> None:
         if isinstance(model, str) and model:
             self.attrs[A.GEN_AI_RESPONSE_MODEL] = model
-            self.metric_attrs[A.GEN_AI_RESPONSE_MODEL] = model
+            # A new dict: the one given at start may be shared (see __init__).
+            self.metric_attrs = {**self.metric_attrs, A.GEN_AI_RESPONSE_MODEL: model}
 
     def fail(self, exc: BaseException) -> None:
         """End the call as failed by ``exc`` (which the caller then re-raises)."""
         guard(mark_error, self.span, exc)
-        self.metric_attrs[A.ERROR_TYPE] = type(exc).__qualname__
+        self.metric_attrs = {**self.metric_attrs, A.ERROR_TYPE: type(exc).__qualname__}
         self.finish(failed=True)
 
     def finish(self, failed: bool = False) -> None:
@@ -253,39 +371,32 @@ class Call:
         duration_s = (time.perf_counter_ns() - self._t0) / _NS_PER_S
         # The hot path of every call: plain try blocks rather than guard() calls.
         try:
-            ttft_s = self._stream_timing() if self.first_ns is not None else None
+            first_ns = self.first_ns
+            ttft_s: float | None = None
+            tpot_s = self.decode_s
+            if first_ns is not None:  # a stream: its timing, and tpot from it if need be
+                ttft_s = (first_ns - self._t0) / _NS_PER_S
+                attrs = self.attrs
+                attrs[A.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = ttft_s
+                attrs[A.TT_STREAM_GENERATION_MS] = (self.last_ns - first_ns) / _NS_PER_MS
+                attrs[A.TT_STREAM_CHUNKS] = self.chunks
+                out = self.output_tokens
+                if tpot_s is None and out is not None and out >= 2:
+                    tpot_s = (self.last_ns - first_ns) / _NS_PER_S / (out - 1)
             if self.recording and self.attrs:
                 self.span.set_attributes(self.attrs)
             self.telemetry.metrics.record(
                 self.metric_attrs,
-                duration_s=duration_s,
-                input_tokens=self.input_tokens,
-                output_tokens=self.output_tokens,
-                ttft_s=ttft_s,
-                tpot_s=self._time_per_output_token(),
-                failed=failed,
+                duration_s,
+                self.input_tokens,
+                self.output_tokens,
+                ttft_s,
+                tpot_s,
+                failed,
             )
         except Exception:  # noqa: BLE001 - telemetry must never break the caller
             _log.debug("tokentrace: recording a call failed", exc_info=True)
         self.span.end()
-
-    def _stream_timing(self) -> float | None:
-        """Time to first chunk (s); the stream figures go into :attr:`attrs`."""
-        if self.first_ns is None:
-            return None
-        ttft_s = (self.first_ns - self._t0) / _NS_PER_S
-        self.attrs[A.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = ttft_s
-        self.attrs[A.TT_STREAM_GENERATION_MS] = (self.last_ns - self.first_ns) / _NS_PER_MS
-        self.attrs[A.TT_STREAM_CHUNKS] = self.chunks
-        return ttft_s
-
-    def _time_per_output_token(self) -> float | None:
-        if self.decode_s is not None:
-            return self.decode_s
-        out = self.output_tokens
-        if self.first_ns is None or out is None or out < 2:
-            return None
-        return (self.last_ns - self.first_ns) / _NS_PER_S / (out - 1)
 
 
 class Patcher:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
+from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 import wrapt
 
 from tokentrace import attributes as A
-from tokentrace.instrumentation._common import Call, guard, text_messages
+from tokentrace.instrumentation._common import Call, field, guard, text_messages
 
 _log = logging.getLogger(__name__)
 
@@ -29,8 +30,10 @@ def number(value: Any) -> TypeGuard[int | float]:
 
 def record_usage(call: Call, operation: str, usage: Any) -> None:
     """Token counts from an OpenAI ``usage`` object (response or final chunk)."""
-    prompt = getattr(usage, "prompt_tokens", None)
-    completion = getattr(usage, "completion_tokens", None)
+    # field(), not getattr(): usage objects lack some of these (embeddings have no
+    # completion count) and pydantic is slow to say so.
+    prompt = field(usage, "prompt_tokens")
+    completion = field(usage, "completion_tokens")
     if prompt == 0 and operation != A.OP_EMBEDDINGS:
         # Ollama's /v1 reports 0 prompt tokens on a prompt-cache hit (ollama#5370):
         # record that the prompt was cached rather than a false 0.
@@ -39,10 +42,10 @@ def record_usage(call: Call, operation: str, usage: Any) -> None:
     call.set_tokens(prompt, completion)
     if not call.recording:
         return
-    cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
+    cached = field(field(usage, "prompt_tokens_details"), "cached_tokens")
     if isinstance(cached, int):
         call.attrs[A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = cached
-    reasoning = getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", None)
+    reasoning = field(field(usage, "completion_tokens_details"), "reasoning_tokens")
     if isinstance(reasoning, int):
         call.attrs[A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = reasoning
 
@@ -101,7 +104,17 @@ class StreamState:
         self.extras: list[Any] = []  # chunks that may carry llama.cpp `timings`
         self.done = False
 
-    def on_chunk(self, chunk: Any) -> None:
+    def on_chunk(self, call: Call, chunk: Any) -> None:
+        """``chunk`` arrived now: its time on ``call``, and what it carried.
+
+        The per-chunk path, so it is one method: ``Call.tick`` and the reading of
+        each choice are written out here rather than called.
+        """
+        now = perf_counter_ns()
+        if call.first_ns is None:
+            call.first_ns = now
+        call.last_ns = now
+        call.chunks += 1
         try:
             if self.model is None:
                 self.model, self.response_id = chunk.model, chunk.id
@@ -110,25 +123,22 @@ class StreamState:
                 self.usage = usage
                 self.extras.append(chunk)
             for choice in chunk.choices:
-                self._on_choice(chunk, choice)
+                if self.chat:
+                    delta = choice.delta
+                    text = delta.content
+                    produced = bool(text) or bool(delta.tool_calls)
+                else:
+                    text = choice.text
+                    produced = bool(text)
+                if produced:
+                    self.content_chunks += 1
+                    if self.text is not None and text:
+                        self.text.append(text)
+                if choice.finish_reason:
+                    self.reasons.append(choice.finish_reason)
+                    self.extras.append(chunk)
         except Exception:  # noqa: BLE001 - a chunk we cannot read is not the caller's problem
             _log.debug("tokentrace: unreadable stream chunk %r", type(chunk), exc_info=True)
-
-    def _on_choice(self, chunk: Any, choice: Any) -> None:
-        if self.chat:
-            delta = choice.delta
-            text = delta.content
-            produced = bool(text) or bool(delta.tool_calls)
-        else:
-            text = choice.text
-            produced = bool(text)
-        if produced:
-            self.content_chunks += 1
-            if self.text is not None and text:
-                self.text.append(text)
-        if choice.finish_reason:
-            self.reasons.append(choice.finish_reason)
-            self.extras.append(chunk)
 
     def finish(self, call: Call) -> None:
         """Record what the stream said and end the call (once)."""
@@ -155,7 +165,7 @@ class StreamState:
         if self.reasons:
             call.attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = self.reasons
         for chunk in self.extras:
-            record_llamacpp_timings(call, getattr(chunk, "timings", None))
+            record_llamacpp_timings(call, field(chunk, "timings"))
         if self.text is not None:
             reason = self.reasons[0] if self.reasons else None
             text = "".join(self.text)
@@ -164,7 +174,7 @@ class StreamState:
     def _llamacpp_output_tokens(self) -> int | None:
         # llama.cpp reports the generated count in `timings` even without a usage chunk.
         for chunk in self.extras:
-            timings = getattr(chunk, "timings", None)
+            timings = field(chunk, "timings")
             if isinstance(timings, Mapping) and isinstance(timings.get("predicted_n"), int):
                 return int(timings["predicted_n"])
         return None
@@ -188,10 +198,10 @@ class _TracedStream(_Proxy):
 
     def _self_iterate(self) -> Iterator[Any]:
         call, state = self._self_call, self._self_state
+        on_chunk = state.on_chunk
         try:
             for chunk in self.__wrapped__:
-                call.tick()
-                state.on_chunk(chunk)
+                on_chunk(call, chunk)
                 yield chunk
         except GeneratorExit:
             state.finish(call)  # the caller stopped iterating early
@@ -210,8 +220,7 @@ class _TracedStream(_Proxy):
         except BaseException as exc:
             self._self_state.fail(self._self_call, exc)
             raise
-        self._self_call.tick()
-        self._self_state.on_chunk(chunk)
+        self._self_state.on_chunk(self._self_call, chunk)
         return chunk
 
     def __enter__(self) -> _TracedStream:
@@ -248,10 +257,10 @@ class _TracedAsyncStream(_Proxy):
 
     async def _self_aiterate(self) -> AsyncIterator[Any]:
         call, state = self._self_call, self._self_state
+        on_chunk = state.on_chunk
         try:
             async for chunk in self.__wrapped__:
-                call.tick()
-                state.on_chunk(chunk)
+                on_chunk(call, chunk)
                 yield chunk
         except GeneratorExit:
             state.finish(call)
@@ -270,8 +279,7 @@ class _TracedAsyncStream(_Proxy):
         except BaseException as exc:
             self._self_state.fail(self._self_call, exc)
             raise
-        self._self_call.tick()
-        self._self_state.on_chunk(chunk)
+        self._self_state.on_chunk(self._self_call, chunk)
         return chunk
 
     async def __aenter__(self) -> _TracedAsyncStream:

@@ -50,12 +50,10 @@ from collections.abc import (
     Iterator,
     Mapping,
 )
-from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import SpanKind
 
 from tokentrace import attributes as A
@@ -63,8 +61,10 @@ from tokentrace.instrumentation._common import (
     BaseInstrumentor,
     Call,
     Patcher,
+    ServerAttrs,
     Telemetry,
     chat_messages,
+    enabled_context,
     guard,
     telemetry_from,
     text_messages,
@@ -91,43 +91,76 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 __all__ = ["OllamaInstrumentor"]
 
 
-@dataclass(frozen=True, slots=True)
 class _Request:
     """What a call asked for, read from the request body ollama-python built."""
 
-    operation: str
-    model: str
-    stream: bool
-    body: Mapping[str, Any]
-    attrs: dict[str, Any]
+    __slots__ = (
+        "attrs", "body", "context", "metric_attrs", "model", "operation", "server", "stream",
+    )  # fmt: skip
 
-    def start(self, telemetry: Telemetry, parent: otel_context.Context | None = None) -> Call:
+    def __init__(
+        self,
+        operation: str,
+        model: str,
+        stream: bool,
+        body: Mapping[str, Any],
+        server: Mapping[str, Any],
+        context: otel_context.Context,
+    ) -> None:
+        self.operation = operation
+        self.model = model
+        self.stream = stream
+        self.body = body
+        self.server = server  # server.address and server.port (shared: never mutated)
+        self.context = context  # where the call was made: the span's parent
+        # One dict for the span's start and the metrics (neither mutates it); a
+        # stream's span has one more key, which the metrics do without.
+        attrs = {
+            A.GEN_AI_OPERATION_NAME: operation,
+            A.GEN_AI_PROVIDER_NAME: PROVIDER,
+            A.GEN_AI_REQUEST_MODEL: model,
+            **server,
+        }
+        self.metric_attrs = attrs
+        self.attrs = {**attrs, A.GEN_AI_REQUEST_STREAM: True} if stream else attrs
+
+    def start(self, telemetry: Telemetry) -> Call:
         call = Call(
-            telemetry, f"{self.operation} {self.model}", SpanKind.CLIENT, self.attrs, parent
+            telemetry,
+            f"{self.operation} {self.model}",
+            SpanKind.CLIENT,
+            self.attrs,
+            self.context,
+            self.metric_attrs,
         )
-        if call.recording:
+        # ollama-python always sends an "options" key, usually None: nothing to read.
+        if call.recording and (telemetry.capture_content or self.body.get("options")):
             guard(_record_request, call, self, telemetry.capture_content)
         return call
 
 
-def _parse(operation: str, instance: Any, kwargs: Mapping[str, Any]) -> _Request:
-    body = kwargs.get("json") or {}
-    model = str(body.get("model") or "")
-    stream = bool(kwargs.get("stream", False))
-    attrs: dict[str, Any] = {
-        A.GEN_AI_OPERATION_NAME: operation,
-        A.GEN_AI_PROVIDER_NAME: PROVIDER,
-        A.GEN_AI_REQUEST_MODEL: model,
-    }
-    url = instance._client.base_url
+def _server_attrs(url: Any) -> dict[str, Any]:
+    """``server.address`` and ``server.port`` of a client's base URL."""
+    attrs: dict[str, Any] = {}
     if url.host:
         attrs[A.SERVER_ADDRESS] = url.host
         port = url.port or _DEFAULT_PORTS.get(url.scheme)
         if port:
             attrs[A.SERVER_PORT] = port
-    if stream:
-        attrs[A.GEN_AI_REQUEST_STREAM] = True
-    return _Request(operation, model, stream, body, attrs)
+    return attrs
+
+
+_servers = ServerAttrs(_server_attrs)
+
+
+def _parse(
+    operation: str, instance: Any, kwargs: Mapping[str, Any], context: otel_context.Context
+) -> _Request:
+    body = kwargs.get("json") or {}
+    model = str(body.get("model") or "")
+    stream = bool(kwargs.get("stream", False))
+    server = _servers(instance._client.base_url)
+    return _Request(operation, model, stream, body, server, context)
 
 
 def _record_request(call: Call, request: _Request, capture: bool) -> None:
@@ -208,9 +241,7 @@ def _load_span(call: Call, request: _Request, load_ns: int) -> None:
         A.TT_LOAD_SOURCE: "server",
         A.TT_SERVER_LOAD_NS: load_ns,
     }
-    for key in (A.SERVER_ADDRESS, A.SERVER_PORT):
-        if key in request.attrs:
-            attrs[key] = request.attrs[key]
+    attrs.update(request.server)
     span = call.telemetry.tracer.start_span(
         f"{A.OP_LOAD_MODEL} {request.model}",
         context=trace.set_span_in_context(call.span),
@@ -221,16 +252,16 @@ def _load_span(call: Call, request: _Request, load_ns: int) -> None:
     span.end(end_time=call.start_ns + load_ns)
 
 
+def _stream_text(telemetry: Telemetry, call: Call) -> list[str] | None:
+    return [] if telemetry.capture_content and call.recording else None
+
+
 def _traced_stream(
-    telemetry: Telemetry,
-    request: _Request,
-    parts: Generator[Any, None, None],
-    parent: otel_context.Context,
-    min_load_ns: int,
+    telemetry: Telemetry, request: _Request, parts: Generator[Any, None, None], min_load_ns: int
 ) -> Iterator[Any]:
     # Runs on first next(): that is when ollama-python sends the request.
-    call = request.start(telemetry, parent)
-    text: list[str] | None = [] if telemetry.capture_content and call.recording else None
+    call = request.start(telemetry)
+    text = _stream_text(telemetry, call)
     last = None
     try:
         for part in parts:
@@ -247,20 +278,14 @@ def _traced_stream(
         raise
     finally:
         parts.close()  # release the HTTP response now
-    if last is not None and getattr(last, "done", False):
-        guard(_record_response, call, request, last, min_load_ns, text)
-    call.finish()
+    _end_stream(call, request, last, min_load_ns, text)
 
 
 async def _traced_astream(
-    telemetry: Telemetry,
-    request: _Request,
-    parts: AsyncGenerator[Any, None],
-    parent: otel_context.Context,
-    min_load_ns: int,
+    telemetry: Telemetry, request: _Request, parts: AsyncGenerator[Any, None], min_load_ns: int
 ) -> AsyncIterator[Any]:
-    call = request.start(telemetry, parent)
-    text: list[str] | None = [] if telemetry.capture_content and call.recording else None
+    call = request.start(telemetry)
+    text = _stream_text(telemetry, call)
     last = None
     try:
         async for part in parts:
@@ -277,21 +302,36 @@ async def _traced_astream(
         raise
     finally:
         await parts.aclose()
+    _end_stream(call, request, last, min_load_ns, text)
+
+
+def _end_stream(
+    call: Call, request: _Request, last: Any, min_load_ns: int, text: list[str] | None
+) -> None:
+    """A stream read to its end: what its final (``done``) part said, then the end."""
     if last is not None and getattr(last, "done", False):
-        guard(_record_response, call, request, last, min_load_ns, text)
-    call.finish()
+        call.end(_record_response, request, last, min_load_ns, text)
+    else:
+        call.finish()
 
 
 def _request_of(args: tuple[Any, ...], instance: Any, kwargs: Mapping[str, Any]) -> _Request | None:
     operation = _OPERATIONS.get(args[2]) if len(args) > 2 else None
-    if operation is None or not is_instrumentation_enabled():
+    if operation is None:
+        return None
+    context = enabled_context()
+    if context is None:
         return None
     try:
-        return _parse(operation, instance, kwargs)
+        return _parse(operation, instance, kwargs, context)
     except Exception:  # noqa: BLE001 - a request we cannot read is simply not traced
         return None
 
 
+# Client._request and AsyncClient._request differ only by the await: each wrapper
+# is the same four steps (read the request; hand a stream its lazy wrapper; run the
+# call inside its span; record the response), the shared parts being _request_of,
+# Call and _record_response.
 def _sync_wrapper(telemetry: Telemetry, min_load_ns: int) -> Callable[..., Any]:
     def traced_request(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -300,19 +340,10 @@ def _sync_wrapper(telemetry: Telemetry, min_load_ns: int) -> Callable[..., Any]:
         if request is None:
             return wrapped(*args, **kwargs)
         if request.stream:
-            parent = otel_context.get_current()
-            return _traced_stream(telemetry, request, wrapped(*args, **kwargs), parent, min_load_ns)
-        call = request.start(telemetry)
-        token = call.attach()
-        try:
+            return _traced_stream(telemetry, request, wrapped(*args, **kwargs), min_load_ns)
+        with request.start(telemetry) as call:
             response = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            call.detach(token)
-        guard(_record_response, call, request, response, min_load_ns)
-        call.finish()
+        call.end(_record_response, request, response, min_load_ns)
         return response
 
     return traced_request
@@ -326,20 +357,11 @@ def _async_wrapper(telemetry: Telemetry, min_load_ns: int) -> Callable[..., Any]
         if request is None:
             return await wrapped(*args, **kwargs)
         if request.stream:
-            parent = otel_context.get_current()
             parts = await wrapped(*args, **kwargs)
-            return _traced_astream(telemetry, request, parts, parent, min_load_ns)
-        call = request.start(telemetry)
-        token = call.attach()
-        try:
+            return _traced_astream(telemetry, request, parts, min_load_ns)
+        with request.start(telemetry) as call:
             response = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            call.detach(token)
-        guard(_record_response, call, request, response, min_load_ns)
-        call.finish()
+        call.end(_record_response, request, response, min_load_ns)
         return response
 
     return traced_request

@@ -47,11 +47,11 @@ are re-raised unchanged. Message text is recorded only with
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind
 
 from tokentrace import attributes as A
@@ -59,8 +59,11 @@ from tokentrace.instrumentation._common import (
     BaseInstrumentor,
     Call,
     Patcher,
+    ServerAttrs,
     Telemetry,
     chat_messages,
+    enabled_context,
+    field,
     guard,
     telemetry_from,
     to_json,
@@ -75,6 +78,8 @@ from tokentrace.instrumentation._openai_stream import (
 )
 
 __all__ = ["OpenAIInstrumentor", "provider_for"]
+
+_log = logging.getLogger(__name__)
 
 _HOSTS = {
     "api.openai.com": "openai",
@@ -112,39 +117,75 @@ def provider_for(host: str, port: int | None, overrides: tuple[tuple[str, str], 
     return _PORTS.get(port or 0, _FALLBACK_PROVIDER)
 
 
-@dataclass(frozen=True, slots=True)
 class _Request:
-    operation: str
-    model: str
-    stream: bool
-    kwargs: Mapping[str, Any]
-    attrs: dict[str, Any]
+    """What a ``create()`` call asked for."""
+
+    __slots__ = ("attrs", "context", "kwargs", "metric_attrs", "model", "operation", "stream")
+
+    def __init__(
+        self,
+        operation: str,
+        kwargs: Mapping[str, Any],
+        server: Mapping[str, Any],
+        context: otel_context.Context,
+    ) -> None:
+        self.operation = operation
+        self.model = str(kwargs.get("model") or "")
+        self.stream = kwargs.get("stream") is True
+        self.kwargs = kwargs
+        self.context = context  # where the call was made: the span's parent
+        # One dict for the span's start and the metrics (neither mutates it); a
+        # stream's span has one more key, which the metrics do without.
+        attrs = {
+            A.GEN_AI_OPERATION_NAME: operation,
+            A.GEN_AI_PROVIDER_NAME: server[A.GEN_AI_PROVIDER_NAME],
+            A.GEN_AI_REQUEST_MODEL: self.model,
+            **server,
+        }
+        self.metric_attrs = attrs
+        self.attrs = {**attrs, A.GEN_AI_REQUEST_STREAM: True} if self.stream else attrs
 
     def start(self, telemetry: Telemetry) -> Call:
-        call = Call(telemetry, f"{self.operation} {self.model}", SpanKind.CLIENT, self.attrs)
+        call = Call(
+            telemetry,
+            f"{self.operation} {self.model}",
+            SpanKind.CLIENT,
+            self.attrs,
+            self.context,
+            self.metric_attrs,
+        )
         if call.recording:
             guard(_record_request, call, self, telemetry.capture_content)
         return call
 
 
-def _parse(
-    operation: str, instance: Any, kwargs: Mapping[str, Any], overrides: tuple[tuple[str, str], ...]
-) -> _Request:
-    model = str(kwargs.get("model") or "")
-    stream = kwargs.get("stream") is True
-    url = instance._client.base_url
-    port = url.port or _DEFAULT_PORTS.get(url.scheme)
-    attrs: dict[str, Any] = {
-        A.GEN_AI_OPERATION_NAME: operation,
-        A.GEN_AI_PROVIDER_NAME: provider_for(url.host, port, overrides),
-        A.GEN_AI_REQUEST_MODEL: model,
-        A.SERVER_ADDRESS: url.host,
-    }
-    if port:
-        attrs[A.SERVER_PORT] = port
-    if stream:
-        attrs[A.GEN_AI_REQUEST_STREAM] = True
-    return _Request(operation, model, stream, kwargs, attrs)
+def _servers(overrides: tuple[tuple[str, str], ...]) -> ServerAttrs:
+    """Per base URL: ``gen_ai.provider.name``, ``server.address``, ``server.port``."""
+
+    def compute(url: Any) -> dict[str, Any]:
+        port = url.port or _DEFAULT_PORTS.get(url.scheme)
+        attrs: dict[str, Any] = {
+            A.GEN_AI_PROVIDER_NAME: provider_for(url.host, port, overrides),
+            A.SERVER_ADDRESS: url.host,
+        }
+        if port:
+            attrs[A.SERVER_PORT] = port
+        return attrs
+
+    return ServerAttrs(compute)
+
+
+def _request_of(
+    instance: Any, kwargs: Mapping[str, Any], servers: ServerAttrs, operation: str
+) -> _Request | None:
+    context = enabled_context()
+    if context is None:
+        return None
+    try:
+        return _Request(operation, kwargs, servers(instance._client.base_url), context)
+    except Exception:  # noqa: BLE001 - a request we cannot read is simply not traced
+        _log.debug("tokentrace: unreadable %s request", operation, exc_info=True)
+        return None
 
 
 def _record_request(call: Call, request: _Request, capture: bool) -> None:
@@ -171,20 +212,24 @@ def _input_messages(request: _Request) -> str:
 
 
 def _record_response(call: Call, request: _Request, response: Any) -> None:
-    call.set_response_model(getattr(response, "model", None))
-    usage = getattr(response, "usage", None)
+    # field(), not getattr(): an embeddings response has no id nor choices, and few
+    # responses carry llama.cpp's timings; pydantic is slow to say so.
+    call.set_response_model(field(response, "model"))
+    usage = field(response, "usage")
     if usage is not None:
         record_usage(call, request.operation, usage)
     if not call.recording:
         return
-    response_id = getattr(response, "id", None)
+    response_id = field(response, "id")
     if isinstance(response_id, str):
         call.attrs[A.GEN_AI_RESPONSE_ID] = response_id
-    choices = getattr(response, "choices", None) or ()
+    choices = field(response, "choices") or ()
     reasons = [c.finish_reason for c in choices if getattr(c, "finish_reason", None)]
     if reasons:
         call.attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = reasons
-    record_llamacpp_timings(call, getattr(response, "timings", None))
+    timings = field(response, "timings")
+    if timings is not None:
+        record_llamacpp_timings(call, timings)
     if call.telemetry.capture_content and choices:
         call.attrs[A.GEN_AI_OUTPUT_MESSAGES] = to_json([_choice_message(c) for c in choices])
 
@@ -201,39 +246,39 @@ def _choice_message(choice: Any) -> dict[str, Any]:
     }
 
 
-def _is_stream(result: Any, async_: bool) -> bool:
+@functools.cache
+def _stream_types() -> tuple[type, type]:
+    # Imported on first use: instrumenting must not import openai.
     from openai import AsyncStream, Stream
 
-    return isinstance(result, AsyncStream if async_ else Stream)
+    return Stream, AsyncStream
 
 
+def _end(call: Call, request: _Request, result: Any, async_: bool) -> Any:
+    """What ``create()`` returns, once the call is done: a stream follows it to its end."""
+    if request.stream and isinstance(result, _stream_types()[async_]):
+        state = StreamState(request.operation, call.telemetry.capture_content)
+        return (traced_async_stream if async_ else traced_stream)(result, call, state)
+    call.end(_record_response, request, result)
+    return result
+
+
+# The sync and async create() differ only by the await: the steps are shared
+# (_request_of, Call as the span's scope, _end).
 def _sync_wrapper(
     telemetry: Telemetry, operation: str, overrides: tuple[tuple[str, str], ...]
 ) -> Callable[..., Any]:
+    servers = _servers(overrides)
+
     def traced_create(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        request = (
-            guard(_parse, operation, instance, kwargs, overrides)
-            if is_instrumentation_enabled()
-            else None
-        )
+        request = _request_of(instance, kwargs, servers, operation)
         if request is None:
             return wrapped(*args, **kwargs)
-        call = request.start(telemetry)
-        token = call.attach()
-        try:
+        with request.start(telemetry) as call:
             result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            call.detach(token)
-        if request.stream and _is_stream(result, async_=False):
-            return traced_stream(result, call, StreamState(operation, telemetry.capture_content))
-        guard(_record_response, call, request, result)
-        call.finish()
-        return result
+        return _end(call, request, result, async_=False)
 
     return traced_create
 
@@ -241,32 +286,17 @@ def _sync_wrapper(
 def _async_wrapper(
     telemetry: Telemetry, operation: str, overrides: tuple[tuple[str, str], ...]
 ) -> Callable[..., Any]:
+    servers = _servers(overrides)
+
     async def traced_create(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        request = (
-            guard(_parse, operation, instance, kwargs, overrides)
-            if is_instrumentation_enabled()
-            else None
-        )
+        request = _request_of(instance, kwargs, servers, operation)
         if request is None:
             return await wrapped(*args, **kwargs)
-        call = request.start(telemetry)
-        token = call.attach()
-        try:
+        with request.start(telemetry) as call:
             result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            call.detach(token)
-        if request.stream and _is_stream(result, async_=True):
-            return traced_async_stream(
-                result, call, StreamState(operation, telemetry.capture_content)
-            )
-        guard(_record_response, call, request, result)
-        call.finish()
-        return result
+        return _end(call, request, result, async_=True)
 
     return traced_create
 

@@ -86,6 +86,12 @@ def _record_model(attrs: dict[str, Any], model: Any) -> None:
         attrs[A.TT_MODEL_DTYPE] = str(dtype).removeprefix("torch.")
 
 
+def _record_loaded(call: Call, result: Any) -> None:
+    if call.recording:
+        # output_loading_info=True returns (model, info)
+        _record_model(call.attrs, result[0] if isinstance(result, tuple) else result)
+
+
 def _load_name(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
     if isinstance(source, os.PathLike):
@@ -104,19 +110,12 @@ def _load_wrapper(telemetry: Telemetry) -> Callable[..., Any]:
         attrs[A.TT_LOAD_SOURCE] = "client"
         call = Call(telemetry, f"{A.OP_LOAD_MODEL} {name}", SpanKind.INTERNAL, attrs)
         loading = _LOADING.set(True)
-        token = call.attach()
         try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
+            with call:
+                result = wrapped(*args, **kwargs)
         finally:
-            call.detach(token)
             _LOADING.reset(loading)
-        if call.recording:
-            # output_loading_info=True returns (model, info)
-            guard(_record_model, call.attrs, result[0] if isinstance(result, tuple) else result)
-        call.finish()
+        call.end(_record_loaded, result)
         return result
 
     return traced_from_pretrained
@@ -240,17 +239,12 @@ def _generate_wrapper(telemetry: Telemetry) -> Callable[..., Any]:
         if kwargs.get("streamer") is not None:
             kwargs = {**kwargs, "streamer": _TimedStreamer(kwargs["streamer"], call)}
         generating = _GENERATING.set(True)
-        token = call.attach()
         try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
+            with call:
+                result = wrapped(*args, **kwargs)
         finally:
-            call.detach(token)
             _GENERATING.reset(generating)
-        guard(_record_output, call, instance, prompt, result, kwargs)
-        call.finish()
+        call.end(_record_output, instance, prompt, result, kwargs)
         return result
 
     return traced_generate

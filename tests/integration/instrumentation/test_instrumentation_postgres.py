@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -32,6 +33,13 @@ TIMED = Script(
     total_ns=9_000_000,
 )
 CACHED = Script(tokens=["a", "b"], prompt_eval_count=None, eval_ns=1_000_000)
+# For the child processes, whose rows must all have a positive ms/token (wall time
+# minus the reported load): a load shorter than any call's wall time, and a stream
+# paced at least as slowly as the timings it reports, as a real server's is. (TIMED's
+# stream answers in about 1 ms while reporting a 1.5 ms load: its ms/token is 0.)
+PACED = dataclasses.replace(
+    TIMED, load_ns=500_000, first_chunk_delay_s=0.003, chunk_delay_s=0.0015
+)
 COLUMNS = (
     "name", "kind", "operation", "provider", "model", "input_tokens", "output_tokens",
     "duration_ms", "inference_ms", "ms_per_token", "decode_ms_per_token",
@@ -47,11 +55,19 @@ def _rows(dsn: str) -> list[dict[str, Any]]:
     return [dict(zip(COLUMNS, row)) for row in found]
 
 
-@pytest.fixture
-def servers() -> Iterator[tuple[FakeOllama, FakeOpenAI]]:
-    scripts = {"llama3.2": TIMED, "cached": CACHED}
+def _servers(scripts: dict[str, Script]) -> Iterator[tuple[FakeOllama, FakeOpenAI]]:
     with FakeOllama(dict(scripts)) as native, FakeOpenAI(dict(scripts)) as compatible:
         yield native, compatible
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[FakeOllama, FakeOpenAI]]:
+    yield from _servers({"llama3.2": TIMED, "cached": CACHED})
+
+
+@pytest.fixture
+def paced_servers() -> Iterator[tuple[FakeOllama, FakeOpenAI]]:
+    yield from _servers({"llama3.2": PACED})
 
 
 def test_instrumented_calls_become_rows_with_efficiency(
@@ -177,7 +193,10 @@ def _assert_rows(db: str) -> None:
 
 
 def test_one_line_instrument_writes_rows(
-    db: str, subprocess_env: dict[str, str], servers: tuple[FakeOllama, FakeOpenAI], tmp_path: Path
+    db: str,
+    subprocess_env: dict[str, str],
+    paced_servers: tuple[FakeOllama, FakeOpenAI],
+    tmp_path: Path,
 ) -> None:
     setup = (
         "import tokentrace\n"
@@ -185,21 +204,23 @@ def test_one_line_instrument_writes_rows(
         "assert {'ollama', 'openai'} <= set(names), names\n"
         "assert tokentrace.instrument() == names  # a second call instruments nothing twice"
     )
-    _run(
-        [sys.executable], _child_env(subprocess_env, servers), tmp_path, setup, "tokentrace.flush()"
-    )
+    env = _child_env(subprocess_env, paced_servers)
+    _run([sys.executable], env, tmp_path, setup, "tokentrace.flush()")
     _assert_rows(db)
 
 
 def test_opentelemetry_instrument_zero_code_writes_rows(
-    db: str, subprocess_env: dict[str, str], servers: tuple[FakeOllama, FakeOpenAI], tmp_path: Path
+    db: str,
+    subprocess_env: dict[str, str],
+    paced_servers: tuple[FakeOllama, FakeOpenAI],
+    tmp_path: Path,
 ) -> None:
     pytest.importorskip(
         "opentelemetry.distro", reason="opentelemetry-instrument configures the SDK via a distro"
     )
     launcher = Path(sys.executable).parent / "opentelemetry-instrument"
     env = {
-        **_child_env(subprocess_env, servers),
+        **_child_env(subprocess_env, paced_servers),
         "OTEL_TRACES_EXPORTER": "tokentrace",
         "OTEL_METRICS_EXPORTER": "none",
         "OTEL_LOGS_EXPORTER": "none",

@@ -11,8 +11,18 @@ from typing import Any
 
 import pytest
 import wrapt
+from openai.types import CreateEmbeddingResponse
+from openai.types.chat import ChatCompletion
+from opentelemetry import context as otel_context
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from tokentrace.instrumentation._common import Patcher, capture_content_default, guard
+from tokentrace.instrumentation._common import (
+    Patcher,
+    capture_content_default,
+    enabled_context,
+    field,
+    guard,
+)
 from tokentrace.instrumentation._metrics import (
     DURATION_BUCKETS,
     TIME_PER_OUTPUT_TOKEN_BUCKETS,
@@ -130,3 +140,42 @@ def test_bucket_boundaries_are_the_conventions() -> None:
         and TIME_PER_OUTPUT_TOKEN_BUCKETS[-1] == 2.5
     )
     assert TIME_TO_FIRST_TOKEN_BUCKETS[0] == 0.001 and TIME_TO_FIRST_TOKEN_BUCKETS[-1] == 10.0
+
+
+def test_field_reads_like_getattr_with_a_default() -> None:
+    completion = ChatCompletion.model_validate(
+        {
+            "id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [], "timings": {"predicted_n": 3},
+        }
+    )  # fmt: skip
+    embedding = CreateEmbeddingResponse.model_validate(
+        {"object": "list", "model": "m", "data": [], "usage": {"prompt_tokens": 2, "total_tokens": 2}}
+    )
+
+    class Plain:
+        def __init__(self) -> None:
+            self.here = 1
+
+        @property
+        def computed(self) -> int:
+            return 2
+
+    for obj, name in (
+        (completion, "id"), (completion, "usage"), (completion, "timings"), (completion, "nope"),
+        (embedding, "id"), (embedding, "choices"), (embedding.usage, "completion_tokens"),
+        (embedding.usage, "prompt_tokens"), (Plain(), "here"), (Plain(), "computed"),
+        (Plain(), "nope"), (None, "x"), ({"a": 1}, "a"),
+    ):  # fmt: skip
+        assert field(obj, name) == getattr(obj, name, None), (obj, name)
+
+
+def test_enabled_context_is_none_when_suppressed() -> None:
+    assert enabled_context() is otel_context.get_current()
+    with suppress_instrumentation():
+        assert enabled_context() is None
+    token = otel_context.attach(otel_context.set_value("suppress_instrumentation", True))
+    try:
+        assert enabled_context() is None  # the plain key older code sets
+    finally:
+        otel_context.detach(token)

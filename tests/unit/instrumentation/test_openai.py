@@ -11,6 +11,7 @@ from typing import Any
 import openai
 import pytest
 import wrapt
+from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -369,3 +370,48 @@ def test_raw_response_is_returned_untouched(
     assert raw.parse().choices[0].message.content == "Hello there!"
     span = only_span(span_exporter, f"chat {MODEL}")
     assert span.status.status_code is StatusCode.UNSET
+
+
+def test_server_attributes_follow_a_changed_base_url(
+    instrument: Instrument,
+    span_exporter: InMemorySpanExporter,
+    client: openai.OpenAI,
+    server: FakeOpenAI,
+) -> None:
+    # Server attributes are computed once per base URL object: a client pointed
+    # elsewhere (a new URL object) must be described anew.
+    instrument(OpenAIInstrumentor)
+    with FakeOpenAI({MODEL: USAGE}) as other:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        client.base_url = f"{other.url}/v1"  # type: ignore[assignment]
+        client.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+
+    ports = [s.attributes[A.SERVER_PORT] for s in span_exporter.get_finished_spans()]  # type: ignore[index]
+    assert ports == [server.port, other.port]
+
+
+def test_nested_spans_are_children_of_the_call_span(
+    instrument: Instrument,
+    span_exporter: InMemorySpanExporter,
+    client: openai.OpenAI,
+    tracer_provider: Any,
+) -> None:
+    # The call's span is current while the library runs (an HTTP client's own
+    # instrumentation nests under it), and the caller's context is its parent.
+    tracer = tracer_provider.get_tracer("test")
+    instrument(OpenAIInstrumentor)
+    seen: list[Any] = []
+    send = client._client.send
+
+    def send_and_look(*args: Any, **kwargs: Any) -> Any:
+        seen.append(trace.get_current_span())
+        return send(*args, **kwargs)
+
+    client._client.send = send_and_look  # type: ignore[method-assign]
+    with tracer.start_as_current_span("caller") as caller:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    assert trace.get_current_span() is not caller
+
+    call = only_span(span_exporter, f"chat {MODEL}")
+    assert call.parent is not None and call.parent.span_id == caller.get_span_context().span_id
+    assert [s.get_span_context().span_id for s in seen] == [call.context.span_id]
