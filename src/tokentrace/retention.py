@@ -2,8 +2,11 @@
 
 Raw spans live in one partition per UTC day (``tokentrace.spans_YYYYMMDD``).
 Pruning drops every partition that lies wholly before ``now − retention``: no
-row-by-row ``DELETE``, no WAL per row, no ``VACUUM``, no table bloat — what it
-costs is the filesystem handing the day's files back. The
+row-by-row ``DELETE``, no WAL per row, no ``VACUUM``, no table bloat, and no
+``count(*)`` of the day either (the spans reported come from the day's 5-minute
+rollups, deleted with it; ``exact_counts=True`` counts instead) — what it costs is
+the filesystem handing the day's files back and the day's few thousand 5-minute
+rollup rows. The
 rollups the reports read (``tokentrace.span_rollups``) are kept longer, so 60-day
 trends and longer windows still answer once the raw spans are gone:
 
@@ -65,7 +68,7 @@ _log = logging.getLogger(__name__)
 DEFAULT_ROLLUP_RETENTION_DAYS = 400
 DEFAULT_PRUNE_INTERVAL_HOURS = 24.0
 _PRUNE_SQL = (
-    "SELECT partition_name, day, spans, rollup_rows, kind FROM tokentrace.prune(%s, %s) "
+    "SELECT partition_name, day, spans, rollup_rows, kind FROM tokentrace.prune(%s, %s, %s) "
     "ORDER BY kind, day, partition_name NULLS LAST"
 )
 
@@ -93,6 +96,7 @@ class PruneResult:
     retention_days: int
     rollup_retention_days: int
     days: tuple[PrunedDay, ...]
+    exact_counts: bool = False
 
     @property
     def partitions(self) -> list[PrunedDay]:
@@ -143,6 +147,7 @@ class PruneResult:
                 if d.partition is None
             ],
             "spans_removed": self.spans_removed,
+            "span_counts": "exact" if self.exact_counts else "rollups",
             "rollup_rows_removed": self.rollup_rows_removed,
         }
 
@@ -191,17 +196,34 @@ def prune_interval_hours(
 
 
 def prune(
-    dsn: str, retention_days: int | None = None, rollup_retention_days: int | None = None
+    dsn: str,
+    retention_days: int | None = None,
+    rollup_retention_days: int | None = None,
+    *,
+    exact_counts: bool = False,
 ) -> PruneResult:
-    """Drop expired raw day partitions and expired rollups now; say what went."""
+    """Drop expired raw day partitions and expired rollups now; say what went.
+
+    The spans of a dropped day are reported from its 5-minute rollups, which the
+    prune deletes anyway (spans with a model; exact whenever spans were written
+    through ``tokentrace.spans``). ``exact_counts=True`` counts each partition with
+    ``count(*)`` before dropping it instead: every span stored, at the price of
+    reading the whole day (about as long again as the drop itself).
+    """
     days = config.retention_days(retention_days)
     rollup_days = resolve_rollup_retention(rollup_retention_days, days)
     with connect(dsn, autocommit=True) as conn:
         rows = conn.execute(
-            _PRUNE_SQL, (dt.timedelta(days=days), dt.timedelta(days=rollup_days))
+            _PRUNE_SQL,
+            (dt.timedelta(days=days), dt.timedelta(days=rollup_days), exact_counts),
         ).fetchall()
     pruned = tuple(_pruned_day(row) for row in rows)
-    return PruneResult(retention_days=days, rollup_retention_days=rollup_days, days=pruned)
+    return PruneResult(
+        retention_days=days,
+        rollup_retention_days=rollup_days,
+        days=pruned,
+        exact_counts=exact_counts,
+    )
 
 
 def _pruned_day(row: tuple[Any, ...]) -> PrunedDay:
