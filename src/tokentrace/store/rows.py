@@ -120,6 +120,15 @@ class _Sanitizer:
             return value
         return self.text("column", value, _MAX_NAME_CHARS)
 
+    def columns(self, *values: str | None) -> tuple[str | None, ...]:
+        """:meth:`column` of each value (one call for a row's short text columns)."""
+        for value in values:
+            if value is not None and not (
+                type(value) is str and len(value) <= _MAX_NAME_CHARS and value.isascii() and "\x00" not in value
+            ):
+                return tuple(self.column(v) for v in values)
+        return values
+
     def value(self, where: str, value: Any, depth: int = 0) -> Any:
         kind = type(value)
         if kind is str:
@@ -279,17 +288,24 @@ def build_row(
     clean.changed.extend(resource.changes)
     service = resource.values.get(A.SERVICE_NAME)
     start = ns_to_datetime(data.start_ns)
-    column = clean.column
+    name, service, operation, provider, model, error_type = clean.columns(
+        data.name,
+        service if isinstance(service, str) else None,
+        facts.operation,
+        facts.provider,
+        facts.model,
+        _error_type(data, attrs),
+    )
     values = (
         data.trace_id,
         data.span_id,
         data.parent_span_id or None,
-        column(data.name) or "",
+        name or "",
         data.kind,
-        column(service) if isinstance(service, str) else None,
-        column(facts.operation),
-        column(facts.provider),
-        column(facts.model),
+        service,
+        operation,
+        provider,
+        model,
         start,
         ns_to_datetime(data.end_ns),
         duration_ms,
@@ -303,7 +319,7 @@ def build_row(
         eff.load_ms,
         eff.token_source,
         data.status,
-        column(_error_type(data, attrs)),
+        error_type,
         attrs,
         resource.values,
     )
