@@ -18,7 +18,14 @@ SpanWriter
 gRPC ×N / HTTP ×N
     ``N`` receiver processes (``tokentrace serve``, default settings) on loopback;
     ``--clients`` client threads send the requests as fast as they are
-    acknowledged, request *i* to receiver *i mod N*. A receiver answers only after
+    acknowledged, request *i* to receiver *i mod N*. Each client thread has its own
+    connection to each receiver (a gRPC channel of its own, an HTTP keep-alive).
+gRPC wN / HTTP wN (``--workers N``)
+    one ``tokentrace serve --workers N``: N worker processes on the same two ports,
+    the kernel spreading the client threads' connections over them.
+gRPC before … (``--baseline-src DIR``)
+    the same, with receivers run from another copy of ``src/`` (say, the last
+    commit's: ``git archive HEAD src | tar -x -C DIR``), in the same rounds. A receiver answers only after
     the COPY is committed, so spans/s = spans ÷ (last answer − first send). Every
     answer is checked to be a full success, and the stored rows are counted. A
     receiver commits the requests in progress together (group commit); the spans
@@ -35,6 +42,8 @@ Usage::
     python bench/bench_receiver.py --quick         # a smoke run
     python bench/bench_receiver.py --clients 8     # more requests in flight
     python bench/bench_receiver.py --dsn postgresql://...   # an existing server (emptied!)
+    python bench/bench_receiver.py --clients 8 --requests 80 --receivers 1,2 --workers 2 \
+        --baseline-src /tmp/before/src            # the run recorded in bench/RESULTS.md
 
 Without ``--dsn`` a fresh embedded PostgreSQL runs in a temporary directory.
 """
@@ -53,6 +62,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +171,7 @@ def copy_payloads(dsn: str, requests: Sequence[bytes]) -> list[bytes]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for body in requests:
             conn.execute("TRUNCATE tokentrace.spans")
-            writer.write(build_rows(decode_protobuf(body).spans, DEFAULT_MAX_VALUE_CHARS)[0])
+            writer.write_wire(build_rows(decode_protobuf(body).spans, DEFAULT_MAX_VALUE_CHARS)[0])
             with (
                 conn.cursor() as cur,
                 cur.copy(
@@ -211,10 +221,15 @@ def cpu_seconds(processes: Sequence[psutil.Process]) -> dict[int, float]:
 class ServeProcess:
     """One ``tokentrace serve`` on loopback, ports chosen by the kernel."""
 
-    def __init__(self, dsn: str, log: Path) -> None:
+    def __init__(
+        self, dsn: str, log: Path, *, workers: int = 1, src: str | None = None
+    ) -> None:
         env = dict(os.environ, TOKENTRACE_DSN=dsn)
         env.pop("TOKENTRACE_AUTH_TOKEN", None)
+        if src is not None:  # another copy of the package (the "before" receiver)
+            env["PYTHONPATH"] = src
         self.log = log
+        self.workers = workers
         with log.open("w") as out:
             self.proc = subprocess.Popen(
                 [
@@ -225,6 +240,7 @@ class ServeProcess:
                     "127.0.0.1:0",
                     "--http-endpoint",
                     "127.0.0.1:0",
+                    *(["--workers", str(workers)] if workers > 1 else []),
                 ],
                 env=env,
                 stdout=out,
@@ -232,6 +248,17 @@ class ServeProcess:
             )
         self.ps = psutil.Process(self.proc.pid)
         self.grpc_port, self.http_port = self._ports()
+        if workers > 1:
+            self._wait_workers()
+
+    def _wait_workers(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.ps.children()) < self.workers and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def processes(self) -> list[psutil.Process]:
+        """The receiver and, with ``--workers``, its worker processes (CPU is read from all)."""
+        return [self.ps, *self.ps.children()]
 
     def _ports(self, timeout: float = 60) -> tuple[int, int]:
         deadline = time.monotonic() + timeout
@@ -251,8 +278,11 @@ class ServeProcess:
         self.proc.terminate()
         self.proc.wait(timeout=60)
         log = self.log.read_text()
-        found = re.search(r"(\d+) spans stored, \d+ rejected since start; (\d+) writes", log)
-        return (int(found.group(1)), int(found.group(2))) if found else None
+        # One line per process: with --workers, one per worker.
+        found = re.findall(r"(\d+) spans stored, \d+ rejected since start; (\d+) writes", log)
+        if not found:
+            return None
+        return sum(int(f[0]) for f in found), sum(int(f[1]) for f in found)
 
 
 def _check(response: bytes) -> None:
@@ -262,10 +292,20 @@ def _check(response: bytes) -> None:
 
 
 def grpc_client(ports: Sequence[int]) -> Callable[[int, bytes], None]:
-    channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for port in ports]
-    calls = [channel.unary_unary(FULL_METHOD, _registered_method=True) for channel in channels]
+    """Each client thread has its own channel per port, on a connection of its own (as
+    separate exporters would): ``serve --workers`` spreads connections, not requests."""
+    local = threading.local()
 
     def send(index: int, body: bytes) -> None:
+        calls = getattr(local, "calls", None)
+        if calls is None:
+            options = [("grpc.use_local_subchannel_pool", 1)]
+            calls = local.calls = [
+                grpc.insecure_channel(f"127.0.0.1:{port}", options=options).unary_unary(
+                    FULL_METHOD, _registered_method=True
+                )
+                for port in ports
+            ]
         _check(calls[index % len(calls)](body, timeout=120))
 
     return send
@@ -342,10 +382,11 @@ class Bench:
     ) -> dict[str, float]:
         reset(self.dsn)
         pg_before, me_before = postgres_cpu(self.postmaster), cpu_seconds([self.me])
-        rx_before = cpu_seconds([r.ps for r in receivers])
+        procs = [p for r in receivers for p in r.processes()]
+        rx_before = cpu_seconds(procs)
         seconds = run()
         pg_after, me_after = postgres_cpu(self.postmaster), cpu_seconds([self.me])
-        rx_after = cpu_seconds([r.ps for r in receivers])
+        rx_after = cpu_seconds(procs)
         count = stored(self.dsn)
         if count != self.spans:
             raise RuntimeError(f"stored {count} rows, expected {self.spans}")
@@ -378,7 +419,7 @@ class Bench:
 
     def span_writer(self) -> float:
         return drive(
-            lambda i, _: _ignore(self.writer.write(self.rows[i])), self.requests, self.clients
+            lambda i, _: _ignore(self.writer.write_wire(self.rows[i])), self.requests, self.clients
         )
 
     def close(self) -> None:
@@ -430,7 +471,7 @@ def profile(dsn: str, requests: Sequence[bytes]) -> dict[str, float]:
         t1 = time.thread_time()
         rows = build_rows(decoded.spans, DEFAULT_MAX_VALUE_CHARS)[0]
         t2 = time.thread_time()
-        writer.write(rows)
+        writer.write_wire(rows)
         t3 = time.thread_time()
         cpu["decode"] += t1 - t0
         cpu["build_row"] += t2 - t1
@@ -460,7 +501,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=40, help="requests per phase")
     parser.add_argument("--spans", type=int, default=512, help="spans per request")
     parser.add_argument("--clients", type=int, default=4, help="concurrent client threads")
-    parser.add_argument("--receivers", default="1,2", help="receiver process counts to measure")
+    parser.add_argument(
+        "--receivers", default="1,2", help="counts of separate receiver processes to measure"
+    )
+    parser.add_argument(
+        "--workers", default="", help="`serve --workers N` counts to measure, e.g. 2"
+    )
+    parser.add_argument(
+        "--baseline-src",
+        metavar="DIR",
+        help="also measure receivers run from this copy of src/ (PYTHONPATH), as 'before'",
+    )
     parser.add_argument("--quick", action="store_true", help="2 runs of 10 requests")
     parser.add_argument(
         "--profile", action="store_true", help="also print a cProfile of the pipeline"
@@ -468,7 +519,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.requests = 2, 10
-    receiver_counts = [int(n) for n in args.receivers.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="tt-bench-rx-") as tmp:
         workdir = Path(tmp)
@@ -483,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
             try:
-                results = run_rounds(bench, receiver_counts, args.runs)
+                results = run_rounds(bench, setups(args), args.runs)
             finally:
                 bench.close()
             print_table(results, profile(dsn, requests))
@@ -495,13 +545,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Setup:
+    """One receiver configuration measured in every round (gRPC and HTTP)."""
+
+    label: str  # "×1", "×2", "w2", "before ×1", …
+    processes: int = 1  # separate `tokentrace serve` processes, request i to i mod n
+    workers: int = 1  # `tokentrace serve --workers N` (one process group)
+    src: str | None = None  # PYTHONPATH of another copy of the package
+
+
+def setups(args: argparse.Namespace) -> list[Setup]:
+    out = [Setup(f"×{n}", processes=n) for n in _counts(args.receivers)]
+    out += [Setup(f"w{n}", workers=n) for n in _counts(args.workers)]
+    if args.baseline_src:
+        out = [
+            Setup(f"before {s.label}", s.processes, s.workers, args.baseline_src)
+            for s in out
+            if s.workers == 1  # the baseline may predate --workers
+        ] + out
+    return out
+
+
+def _counts(text: str) -> list[int]:
+    return [int(n) for n in text.split(",") if n.strip()]
+
+
 def run_rounds(
-    bench: Bench, receiver_counts: Sequence[int], runs: int
+    bench: Bench, configs: Sequence[Setup], runs: int
 ) -> dict[str, list[dict[str, float]]]:
     """Every phase once per round; the receivers stay up (warm) across rounds."""
     servers = {
-        n: [ServeProcess(bench.dsn, bench.workdir / f"serve-{n}-{i}.log") for i in range(n)]
-        for n in receiver_counts
+        setup.label: [
+            ServeProcess(
+                bench.dsn,
+                bench.workdir / f"serve-{i}-{i_proc}.log",
+                workers=setup.workers,
+                src=setup.src,
+            )
+            for i_proc in range(setup.processes)
+        ]
+        for i, setup in enumerate(configs)
     }
     results: dict[str, list[dict[str, float]]] = {}
     try:
@@ -510,17 +594,17 @@ def run_rounds(
                 ("raw COPY", bench.raw_copy, ()),
                 ("SpanWriter", bench.span_writer, ()),
             ]
-            for n, group in servers.items():
+            for label, group in servers.items():
                 phases.append(
                     (
-                        f"OTLP/gRPC ×{n}",
+                        f"gRPC {label}",
                         bench.sender(grpc_client([s.grpc_port for s in group])),
                         group,
                     )
                 )
                 phases.append(
                     (
-                        f"OTLP/HTTP ×{n}",
+                        f"HTTP {label}",
                         bench.sender(http_client([s.http_port for s in group])),
                         group,
                     )
@@ -533,19 +617,19 @@ def run_rounds(
                 flush=True,
             )
     finally:
-        for n, group in servers.items():
-            report_writes(n, [server.stop() for server in group])
+        for label, group in servers.items():
+            report_writes(label, [server.stop() for server in group])
     return results
 
 
-def report_writes(receivers: int, stops: Sequence[tuple[int, int] | None]) -> None:
+def report_writes(label: str, stops: Sequence[tuple[int, int] | None]) -> None:
     """How many spans each group commit carried, over the whole run (gRPC and HTTP)."""
     if not stops or None in stops:
         return
     spans = sum(s[0] for s in stops if s)
     writes = sum(s[1] for s in stops if s)
     print(
-        f"receivers ×{receivers}: {spans:,} spans in {writes:,} writes = "
+        f"receivers {label}: {spans:,} spans in {writes:,} writes = "
         f"{spans / max(writes, 1):,.0f} spans per COPY + commit",
         flush=True,
     )
@@ -555,14 +639,14 @@ def print_table(results: dict[str, list[dict[str, float]]], split: dict[str, flo
     baseline = statistics.median(r["rate"] for r in results["raw COPY"])
     print()
     print(
-        f"{'phase':<16} {'spans/s (median)':>17} {'min':>9} {'max':>9} {'vs raw COPY':>12} "
+        f"{'phase':<18} {'spans/s (median)':>17} {'min':>9} {'max':>9} {'vs raw COPY':>12} "
         f"{'receiver µs/span':>17} {'PostgreSQL µs/span':>19} {'client µs/span':>15}"
     )
     for name, runs in results.items():
         rates = [r["rate"] for r in runs]
         median = statistics.median(rates)
         print(
-            f"{name:<16} {median:>17,.0f} {min(rates):>9,.0f} {max(rates):>9,.0f} {median / baseline:>11.0%} "
+            f"{name:<18} {median:>17,.0f} {min(rates):>9,.0f} {max(rates):>9,.0f} {median / baseline:>11.0%} "
             f"{statistics.median(r['rx_us'] for r in runs):>17.1f} "
             f"{statistics.median(r['pg_us'] for r in runs):>19.1f} "
             f"{statistics.median(r['client_us'] for r in runs):>15.1f}"

@@ -5,6 +5,7 @@
     tokentrace serve                                   # 127.0.0.1:4317 (gRPC), :4318 (HTTP)
     tokentrace serve --grpc-endpoint 0.0.0.0:4317 --http-endpoint 0.0.0.0:4318
     TOKENTRACE_AUTH_TOKEN=s3cret tokentrace serve --tls-cert cert.pem --tls-key key.pem
+    tokentrace serve --workers 2                       # two receiver processes, same ports
 
 Then point any OTLP exporter at it, e.g. for the Python SDK::
 
@@ -26,6 +27,7 @@ import sys
 from tokentrace.config import ConfigError, redact
 from tokentrace.receiver.server import serve
 from tokentrace.receiver.settings import ServeSettings, resolve
+from tokentrace.receiver.workers import supervise
 from tokentrace.retention import scheduler_from_settings
 from tokentrace.store.connection import resolve_dsn
 from tokentrace.store.migrate import MigrationError
@@ -71,6 +73,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--db-connections", metavar="N", help="database connections for writing spans (default 4)")
     add("--grace", metavar="SECONDS", help="how long to drain on SIGTERM/SIGINT (default 20)")
     add(
+        "--workers",
+        metavar="N",
+        help="receiver processes sharing both ports (SO_REUSEPORT), each using up to a core; "
+        "connections are spread over them, so N helps with at least N client connections "
+        "(default: $TOKENTRACE_SERVE_WORKERS or 1; see docs/scaling.md)",
+    )
+    add(
         "--prune-every",
         metavar="HOURS",
         type=float,
@@ -109,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     if pruner is not None:
         pruner.start()
     try:
+        if settings.workers > 1:
+            return supervise(settings, dsn)
         return serve(settings, dsn)
     except OSError as exc:  # a port in use, an unreadable TLS file
         _log.error("%s", exc)

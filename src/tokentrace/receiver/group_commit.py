@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from tokentrace.store.rows import BuiltRow
+from tokentrace.store.rows import WireRow
 from tokentrace.store.writer import WriteResult
 
 # 16 requests of 512 spans: PostgreSQL's per-span cost has flattened out well before
@@ -42,7 +42,7 @@ DEFAULT_MAX_GROUP_ROWS = 8192
 # (bench/RESULTS.md, "OTLP receiver").
 EAGER_WRITES = 1
 
-WriteGroup = Callable[[list[BuiltRow]], WriteResult]
+WriteGroup = Callable[[list[WireRow]], WriteResult]
 
 
 class CommitterClosed(Exception):
@@ -59,7 +59,7 @@ class Share:
 
 @dataclass(eq=False, slots=True)
 class _Pending:
-    rows: Sequence[BuiltRow]
+    rows: Sequence[WireRow]
     share: Share = field(default_factory=Share)
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -85,7 +85,7 @@ class GroupCommitter:
         for thread in self._threads:
             thread.start()
 
-    def write(self, rows: Sequence[BuiltRow]) -> Share:
+    def write(self, rows: Sequence[WireRow]) -> Share:
         """Commit ``rows`` with whatever else is pending; returns after the commit."""
         pending = _Pending(rows)
         with self._cond:

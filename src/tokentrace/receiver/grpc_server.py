@@ -122,8 +122,9 @@ class GrpcServer:
         options = [
             ("grpc.max_receive_message_length", settings.grpc_max_request_bytes),
             # grpcio enables SO_REUSEPORT by default, which lets a second `tokentrace
-            # serve` silently share (and split) the port: make that an error instead.
-            ("grpc.so_reuseport", 0),
+            # serve` silently share (and split) the port: make that an error instead,
+            # except between the processes of one `serve --workers N`.
+            ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ]
         self._pool = ThreadPoolExecutor(
             settings.max_inflight + _EXTRA_THREADS, thread_name_prefix="tokentrace-grpc"

@@ -513,6 +513,8 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, app: HttpApp, settings: ServeSettings) -> None:
         endpoint = settings.http_endpoint
         self.address_family = socket.AF_INET6 if endpoint.is_ipv6 else socket.AF_INET
+        # Shared with the other processes of `serve --workers N` only (see ServeSettings).
+        self.allow_reuse_port = settings.reuse_port
         self.app = app
         self.ssl_context = _ssl_context(settings)
         self._connections: set[socket.socket] = set()

@@ -2,7 +2,7 @@
 
 Both protocols call :meth:`Ingestor.store` with a request body and the
 :mod:`.decode` function for its encoding. It decodes the body, builds
-each row with :func:`~tokentrace.store.rows.build_row` — the same normalize and
+each row as :func:`~tokentrace.store.rows.build_row` does — the same normalize and
 derive steps the in-process exporter uses — and hands the rows to a
 :class:`~.group_commit.GroupCommitter`, which stores them together with those of
 other requests in progress through the shared
@@ -40,11 +40,11 @@ from tokentrace.receiver.group_commit import (
     GroupCommitter,
 )
 from tokentrace.store.rows import (
-    BuiltRow,
     CleanMapping,
     RowError,
     SpanData,
-    build_row,
+    WireRow,
+    build_wire_row,
     clean_mapping,
 )
 from tokentrace.store.writer import SpanWriter, WriteResult
@@ -117,25 +117,29 @@ def _ids(span: SpanData) -> tuple[str, str]:
 
 def build_rows(
     spans: list[SpanData], max_value_chars: int
-) -> tuple[list[BuiltRow], list[SpanData], list[Rejection]]:
-    """Rows for ``spans``, the spans they came from, and the spans ``build_row`` refused."""
-    rows: list[BuiltRow] = []
+) -> tuple[list[WireRow], list[SpanData], list[Rejection]]:
+    """Wire rows for ``spans``, the spans they came from, and the spans ``build_row`` refused.
+
+    Each row is ``wire_row(build_row(span))``, made in one step (:func:`build_wire_row`):
+    rows wait for their group's commit as flat tuples the garbage collector skips.
+    """
+    rows: list[WireRow] = []
     sources: list[SpanData] = []
     refused: list[Rejection] = []
-    # The decoder gives the spans of one resource the same dict: clean it once, and
-    # the writer then encodes its JSON once, instead of once per span.
+    # The decoder gives the spans of one resource the same dict: clean it and encode
+    # its JSON once, instead of once per span.
     resources: dict[int, CleanMapping] = {}
     for span in spans:
         resource = resources.get(id(span.resource))
         if resource is None:
             resource = resources[id(span.resource)] = clean_mapping(span.resource, max_value_chars)
         try:
-            row = build_row(span, max_value_chars, resource=resource)
+            row, problems = build_wire_row(span, max_value_chars, resource)
         except RowError as exc:
             refused.append(Rejection(*_ids(span), str(exc)))
             continue
-        if row.problems:
-            _log.debug("span %s/%s stored altered: %s", *_ids(span), "; ".join(row.problems))
+        if problems:
+            _log.debug("span %s/%s stored altered: %s", *_ids(span), "; ".join(problems))
         rows.append(row)
         sources.append(span)
     return rows, sources, refused
@@ -204,7 +208,7 @@ class Ingestor:
             _log.info("export request: %s", outcome.error_message())
         return outcome
 
-    def _commit(self, rows: list[BuiltRow]) -> list[tuple[int, str]]:
+    def _commit(self, rows: list[WireRow]) -> list[tuple[int, str]]:
         """Rows PostgreSQL refused (index, reason), once committed with the group's others."""
         try:
             share = self.committer.write(rows)
@@ -230,13 +234,13 @@ class Ingestor:
             self._last_logged[topic] = now
         return True
 
-    def _write_group(self, rows: list[BuiltRow]) -> WriteResult:
+    def _write_group(self, rows: list[WireRow]) -> WriteResult:
         """One group's write, in a committer thread (so errors are logged once per group)."""
         try:
             # If the process runs under zero-code instrumentation (psycopg, say), writing
             # spans must not itself make spans: that would feed back into this receiver.
             with suppress_instrumentation():
-                result = self._writer.write(rows)
+                result = self._writer.write_wire(rows)
         except _UNAVAILABLE as exc:
             if self._may_log("unavailable"):
                 _log.warning("database unavailable, clients told to retry: %s", _first_line(exc))

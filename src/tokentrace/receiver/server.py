@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING
 
@@ -140,30 +141,49 @@ def prepare_database(dsn: str) -> bool:
     return True
 
 
-def _log_listening(receiver: Receiver) -> None:
-    settings = receiver.settings
+def log_listening(settings: ServeSettings, dsn: str, grpc_port: int, http_port: int) -> None:
+    """The lines that say where ``serve`` listens (scripts read the ports from them)."""
     tls = " (TLS)" if settings.tls else ""
     scheme = "https" if settings.tls else "http"
     grpc_host = settings.grpc_endpoint.host
     http_host = settings.http_endpoint.host
-    _log.info("OTLP/gRPC listening on %s:%d%s", grpc_host, receiver.grpc_port, tls)
-    _log.info(
-        "OTLP/HTTP and reports listening on %s://%s:%d", scheme, http_host, receiver.http_port
-    )
-    _log.info("database: %s", describe(receiver.dsn))
+    _log.info("OTLP/gRPC listening on %s:%d%s", grpc_host, grpc_port, tls)
+    _log.info("OTLP/HTTP and reports listening on %s://%s:%d", scheme, http_host, http_port)
+    _log.info("database: %s", describe(dsn))
     if settings.auth_token:
         _log.info("bearer token required (TOKENTRACE_AUTH_TOKEN)")
 
 
-class _Signals:
-    """First SIGTERM/SIGINT: drain. Second: leave at once."""
+def _log_listening(receiver: Receiver) -> None:
+    log_listening(receiver.settings, receiver.dsn, receiver.grpc_port, receiver.http_port)
 
-    def __init__(self) -> None:
+
+class Signals:
+    """First SIGTERM/SIGINT: drain. Second: leave at once.
+
+    A worker of ``serve --workers N`` handles SIGTERM only, from its supervisor,
+    and drains once whatever follows (``repeat_exits=False``): under a service
+    manager that signals every process of the group, the supervisor's SIGTERM
+    would otherwise be a worker's second one. The supervisor ends a worker at once
+    with SIGKILL instead. Ctrl-C reaches the whole process group, so a worker
+    ignores SIGINT and leaves that decision to its supervisor.
+    """
+
+    def __init__(
+        self,
+        signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+        *,
+        repeat_exits: bool = True,
+        on_exit: Callable[[], None] | None = None,
+    ) -> None:
         self.stop = threading.Event()
+        self._signals = signals
+        self._repeat_exits = repeat_exits
+        self._on_exit = on_exit
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in self._signals:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def restore(self) -> None:
@@ -171,10 +191,16 @@ class _Signals:
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
         if self.stop.is_set():
-            _log.warning("second %s: exiting without draining", signal.Signals(signum).name)
+            if not self._repeat_exits:
+                _log.info("%s received again: still draining", name)
+                return
+            _log.warning("second %s: exiting without draining", name)
+            if self._on_exit is not None:
+                self._on_exit()
             os._exit(1)
-        _log.info("%s received: draining", signal.Signals(signum).name)
+        _log.info("%s received: draining", name)
         self.stop.set()
 
 
@@ -207,30 +233,51 @@ def tune_interpreter() -> None:
 
 def serve(settings: ServeSettings, dsn: str) -> int:
     """Run until SIGTERM/SIGINT, then drain; returns the exit status (0)."""
-    signals = _Signals()
+    signals = Signals()
     signals.install()  # first, so a signal during the database setup still ends cleanly
     try:
         prepare_database(dsn)
-        receiver = Receiver(settings, dsn)
-        try:
-            receiver.start()
-            tune_interpreter()
-            _log_listening(receiver)
-            while not signals.stop.wait(1.0):
-                pass
-            started = time.monotonic()
-            receiver.stop()
-            ingestor = receiver.ingestor
-            _log.info(
-                "stopped after draining for %.1f s; %d spans stored, %d rejected since start; "
-                "%d writes",
-                time.monotonic() - started,
-                ingestor.spans_stored,
-                ingestor.spans_rejected,
-                ingestor.committer.groups_written,
-            )
-        finally:
-            receiver.stop()
+        return run_receiver(settings, dsn, signals.stop)
     finally:
         signals.restore()
+
+
+def _always() -> bool:
+    return True
+
+
+def run_receiver(
+    settings: ServeSettings,
+    dsn: str,
+    stop: threading.Event,
+    *,
+    ready: Callable[[Receiver], None] = _log_listening,
+    wanted: Callable[[], bool] = _always,
+) -> int:
+    """Serve until ``stop`` is set (or ``wanted()`` turns false), drain, return 0.
+
+    ``ready`` runs once both servers accept requests (by default it logs where).
+    """
+    receiver = Receiver(settings, dsn)
+    try:
+        receiver.start()
+        tune_interpreter()
+        ready(receiver)
+        while not stop.wait(1.0):
+            if not wanted():
+                _log.warning("no longer wanted (the supervisor is gone): draining")
+                break
+        started = time.monotonic()
+        receiver.stop()
+        ingestor = receiver.ingestor
+        _log.info(
+            "stopped after draining for %.1f s; %d spans stored, %d rejected since start; "
+            "%d writes",
+            time.monotonic() - started,
+            ingestor.spans_stored,
+            ingestor.spans_rejected,
+            ingestor.committer.groups_written,
+        )
+    finally:
+        receiver.stop()
     return 0

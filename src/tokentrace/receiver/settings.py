@@ -13,6 +13,7 @@ flag                            environment variable                  default
 ``--max-inflight``              ``TOKENTRACE_SERVE_MAX_INFLIGHT``     32
 ``--db-connections``            ``TOKENTRACE_SERVE_DB_CONNECTIONS``   4
 ``--grace SECONDS``             ``TOKENTRACE_SERVE_GRACE_SECONDS``    20
+``--workers N``                 ``TOKENTRACE_SERVE_WORKERS``          1
 ==============================  ====================================  ==============
 
 Port 0 picks a free port (the log says which). Sizes are bytes, or a number with
@@ -20,7 +21,8 @@ Port 0 picks a free port (the log says which). Sizes are bytes, or a number with
 ``--max-inflight`` is how many export requests are handled at once; beyond it a
 client is told to retry later (gRPC ``RESOURCE_EXHAUSTED`` with ``RetryInfo``, HTTP
 429). A bad value raises :class:`~tokentrace.config.ConfigError` naming the flag or
-variable it came from.
+variable it came from. ``--workers`` above 1 runs that many receiver processes
+sharing both ports (see :mod:`tokentrace.receiver.workers`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ DEFAULT_HTTP_MAX_REQUEST_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_INFLIGHT = 32
 DEFAULT_DB_CONNECTIONS = 4
 DEFAULT_GRACE_SECONDS = 20.0
+DEFAULT_WORKERS = 1
+# Each worker opens its own database connections: a typo must not exhaust PostgreSQL's.
+MAX_WORKERS = 64
 # grpcio cannot take a message limit at or above 2 GiB.
 _MAX_REQUEST_BYTES = 2**31 - 1
 _SIZE = re.compile(r"\s*(\d+)\s*(|B|KiB|MiB|GiB)\s*", re.IGNORECASE)
@@ -83,6 +88,11 @@ class ServeSettings:
     db_connections: int = DEFAULT_DB_CONNECTIONS
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     max_value_chars: int = DEFAULT_MAX_VALUE_CHARS
+    workers: int = DEFAULT_WORKERS
+    # Set only in the processes of ``--workers N``: each binds the ports with
+    # SO_REUSEPORT so that the kernel spreads connections over them. Otherwise off, so
+    # that a second `tokentrace serve` on a port in use is an error, not a silent split.
+    reuse_port: bool = False
 
     @property
     def tls(self) -> bool:
@@ -165,6 +175,7 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str, str], Any], Any]] = {
     "db_connections": ("db_connections", "TOKENTRACE_SERVE_DB_CONNECTIONS", parse_count,
                        DEFAULT_DB_CONNECTIONS),
     "grace_seconds": ("grace", "TOKENTRACE_SERVE_GRACE_SECONDS", parse_seconds, DEFAULT_GRACE_SECONDS),
+    "workers": ("workers", "TOKENTRACE_SERVE_WORKERS", parse_count, DEFAULT_WORKERS),
 }  # fmt: skip
 
 
@@ -187,6 +198,8 @@ def resolve(
         raise ConfigError(
             "--tls-cert and --tls-key (TOKENTRACE_TLS_CERT/_KEY) go together: give both or neither"
         )
+    if values["workers"] > MAX_WORKERS:
+        raise ConfigError(f"--workers (TOKENTRACE_SERVE_WORKERS) must be at most {MAX_WORKERS}")
     return ServeSettings(
         **values,
         dsn=(getattr(args, "dsn", None) if args is not None else None) or None,

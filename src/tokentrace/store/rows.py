@@ -55,6 +55,13 @@ _ZERO_TRACE_ID = bytes(16)
 _ZERO_SPAN_ID = bytes(8)
 
 
+# A row as binary COPY sends it: ``BuiltRow.values`` with both jsonb columns encoded.
+WireRow = tuple[Any, ...]
+_ATTRIBUTES = COLUMNS.index("attributes")
+_START = COLUMNS.index("start_time")
+assert _ATTRIBUTES == len(COLUMNS) - 2 and COLUMNS[-1] == "resource"
+
+
 class RowError(ValueError):
     """A span that cannot be stored at all (its identity is unusable)."""
 
@@ -271,6 +278,34 @@ def build_row(
     max_value_chars)`` computed beforehand: spans of one resource can share it (and
     its ``values`` dict) instead of each cleaning the same mapping again.
     """
+    if resource is None:
+        _check_ids(data)  # refused before any work, as always
+        resource = clean_mapping(data.resource, max_value_chars)
+    head, attrs, problems = _row(data, max_value_chars, resource)
+    values = (*head, attrs, resource.values)
+    return BuiltRow(values=values, problems=problems, start_time=head[_START])
+
+
+def build_wire_row(
+    data: SpanData, max_value_chars: int, resource: CleanMapping
+) -> tuple[WireRow, list[str]]:
+    """``wire_row(build_row(data, max_value_chars, resource=resource))`` and its problems.
+
+    The same row, made in one step: the attributes dict is encoded as soon as it is
+    built and then freed, instead of living (and being walked by the garbage
+    collector) until the batch is written — the receiver's path, where rows wait
+    for a group commit. Measured in bench/RESULTS.md ("OTLP receiver"): about a
+    quarter less CPU than the two steps in a micro-benchmark, 2–4% less receiver
+    CPU per span end to end.
+    """
+    head, attrs, problems = _row(data, max_value_chars, resource)
+    return (*head, jsonb(attrs), resource.jsonb or jsonb(resource.values)), problems
+
+
+def _row(
+    data: SpanData, max_value_chars: int, resource: CleanMapping
+) -> tuple[tuple[Any, ...], dict[str, Any], list[str]]:
+    """Every column but the two jsonb ones, the attributes to store, and what changed."""
     _check_ids(data)
     clean = _Sanitizer(max_value_chars)
     attrs = clean.mapping(data.attributes)
@@ -283,8 +318,6 @@ def build_row(
     eff.add_to(attrs)
     if clean.changed:
         attrs[A.TT_SANITIZED] = clean.changed[:20]
-    if resource is None:
-        resource = clean_mapping(data.resource, max_value_chars)
     clean.changed.extend(resource.changes)
     service = resource.values.get(A.SERVICE_NAME)
     start = ns_to_datetime(data.start_ns)
@@ -296,7 +329,7 @@ def build_row(
         facts.model,
         _error_type(data, attrs),
     )
-    values = (
+    head = (
         data.trace_id,
         data.span_id,
         data.parent_span_id or None,
@@ -320,10 +353,8 @@ def build_row(
         eff.token_source,
         data.status,
         error_type,
-        attrs,
-        resource.values,
     )
-    return BuiltRow(values=values, problems=clean.changed, start_time=start)
+    return head, attrs, clean.changed
 
 
 # ``json.dumps`` with these options builds a new encoder on every call; one is enough.
@@ -355,12 +386,6 @@ def jsonb(value: Any) -> bytes:
     without a Python dumper call per value.
     """
     return b"\x01" + dumps_bytes(value)
-
-
-# A row as binary COPY sends it: ``BuiltRow.values`` with both jsonb columns encoded.
-WireRow = tuple[Any, ...]
-_ATTRIBUTES = COLUMNS.index("attributes")
-assert _ATTRIBUTES == len(COLUMNS) - 2 and COLUMNS[-1] == "resource"
 
 
 def wire_row(row: BuiltRow, resource_jsonb: bytes | None = None) -> WireRow:

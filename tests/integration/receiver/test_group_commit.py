@@ -232,7 +232,7 @@ def test_a_failed_group_write_is_unavailable_for_every_request_in_it(
 def test_a_full_group_waiting_starts_another_writer_and_groups_stay_bounded(db: str) -> None:
     threads_n = EAGER_WRITES + 1
     writer = SpanWriter(db, max_connections=threads_n)
-    committer = GroupCommitter(writer.write, threads=threads_n, max_rows=4)
+    committer = GroupCommitter(writer.write_wire, threads=threads_n, max_rows=4)
     requests = [
         build_rows(decode_protobuf(valid_request(2, salt=80 + i)).spans, 65_536)[0]
         for i in range(EAGER_WRITES + 3)

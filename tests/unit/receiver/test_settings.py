@@ -31,6 +31,14 @@ def test_defaults() -> None:
         and settings.grace_seconds == 20.0
     )
     assert settings.max_value_chars == 65_536
+    assert settings.workers == 1 and not settings.reuse_port
+
+
+def test_workers_from_argument_or_environment() -> None:
+    assert resolve(_args(), environ={"TOKENTRACE_SERVE_WORKERS": "3"}).workers == 3
+    assert resolve(_args("--workers", "2"), environ={"TOKENTRACE_SERVE_WORKERS": "3"}).workers == 2
+    # Only the supervisor turns SO_REUSEPORT on, for its workers.
+    assert not resolve(_args("--workers", "2"), environ={}).reuse_port
 
 
 def test_environment_over_default_and_argument_over_environment() -> None:
@@ -111,6 +119,8 @@ def test_environment_over_default_and_argument_over_environment() -> None:
             "TOKENTRACE_SERVE_DB_CONNECTIONS='four' is not a whole",
         ),
         (("--grace", "-1"), {}, "--grace='-1' must be zero or more"),
+        (("--workers", "0"), {}, "--workers='0' must be at least 1"),
+        ((), {"TOKENTRACE_SERVE_WORKERS": "65"}, "--workers (TOKENTRACE_SERVE_WORKERS) must be at most 64"),
         (
             (),
             {"TOKENTRACE_MAX_ATTRIBUTE_CHARS": "x"},
