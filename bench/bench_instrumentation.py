@@ -27,18 +27,30 @@ produces (same attributes) with no instrumentation code around it: the wrapper's
 own Python is the difference between a call's row and that one.
 
 Runs are interleaved (baseline batch, instrumented batch, in alternating order
-from round to round); each figure is the median over the rounds. Every timed batch
-ends with the tracer provider's ``force_flush``, so the batch processor's export
-work for that batch's spans is counted in it (not left to spill into the next
-batch, or out of the measurement). CPU time (``time.process_time``, all threads,
-so the exporter thread's work is included) is the primary figure; wall time is
-shown for the network runs. A bare SDK span (start + end, no processor) is timed
-as the machine's yardstick.
+from round to round); each figure is the median over the rounds, with the
+interquartile range of the per-round differences. Three measures per batch:
+
+calling thread, wall and CPU
+    ``time.perf_counter`` and ``time.thread_time`` of the thread making the calls,
+    over the calls: what the caller waits for and what it burns. This is the
+    overhead an instrumented call adds to the caller, and what the issue's target
+    ("overhead per instrumented call") is judged on here.
+whole process, CPU
+    ``time.process_time`` (all threads) until the end of the tracer provider's
+    ``force_flush`` after the calls, so the batch processor's export work for the
+    batch's spans, done on its own thread, is counted too (not left to spill into
+    the next batch, or out of the measurement). This is what tracing costs the
+    machine, not what a call waits for.
+
+A bare SDK span (start + end, no processor) is timed as the machine's yardstick.
 
 Usage::
 
     python bench/bench_instrumentation.py            # a few minutes
     python bench/bench_instrumentation.py --quick    # under a minute
+    # before/after in the same rounds: also the network figures of another version
+    # (a copy of its src/tokentrace/instrumentation, e.g. from `git worktree add`)
+    python bench/bench_instrumentation.py --compare-with /tmp/old/src/tokentrace/instrumentation
 """
 
 from __future__ import annotations
@@ -58,6 +70,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+COMPARED = " [compared version]"  # label suffix of --compare-with's figures
 TARGET_CALL_US = 50.0
 TARGET_CHUNK_US = 1.0
 MODEL = "bench"
@@ -86,34 +99,68 @@ def serve(chunks: int) -> None:
 # --- measuring ----------------------------------------------------------------------
 def _batch(
     fn: Callable[[], Any], n: int, flush: Callable[[], Any] | None = None
-) -> tuple[float, float]:
-    """Mean wall and CPU µs of ``fn`` over ``n`` calls, ``flush()`` included.
+) -> tuple[float, float, float]:
+    """Mean µs per call of ``fn`` over ``n`` calls: caller wall, caller CPU, process CPU.
 
-    ``flush`` (the tracer provider's ``force_flush``) makes the batch processor
-    export, on its thread, what this batch queued before the clock stops: that work
-    is part of what the calls cost, and must not leak into the next batch.
+    *Caller* figures are what the calling thread sees: wall time
+    (``time.perf_counter``) and that thread's CPU (``time.thread_time``) over the
+    ``n`` calls. The batch processor exports on its own thread, so its work is in
+    the caller's figures only as far as it competes with the calls (for the GIL and
+    the two cores) while they run.
+
+    *Process* CPU (``time.process_time``, all threads) runs on to the end of
+    ``flush()`` (the tracer provider's ``force_flush``): the batch processor
+    exports, on its thread, what this batch queued before that clock stops, so the
+    export work of every span is counted there and does not leak into the next batch.
     """
-    wall0, cpu0 = time.perf_counter(), time.process_time()
+    process0 = time.process_time()
+    wall0, thread0 = time.perf_counter(), time.thread_time()
     for _ in range(n):
         fn()
+    wall1, thread1 = time.perf_counter(), time.thread_time()
     if flush is not None:
         flush()
-    wall1, cpu1 = time.perf_counter(), time.process_time()
-    return (wall1 - wall0) / n * 1e6, (cpu1 - cpu0) / n * 1e6
+    process1 = time.process_time()
+    return (
+        (wall1 - wall0) / n * 1e6,
+        (thread1 - thread0) / n * 1e6,
+        (process1 - process0) / n * 1e6,
+    )
 
 
-def _summary(base: list[tuple[float, float]], diff: list[tuple[float, float]]) -> dict[str, float]:
-    cpu = [d[1] for d in diff]
-    q1, _, q3 = statistics.quantiles(cpu, n=4) if len(cpu) > 1 else (cpu[0], 0.0, cpu[0])
-    return {
-        "baseline_wall_us": statistics.median(b[0] for b in base),
-        "baseline_cpu_us": statistics.median(b[1] for b in base),
-        "overhead_wall_us": statistics.median(d[0] for d in diff),
-        "overhead_cpu_us": statistics.median(cpu),
-        "overhead_cpu_q1_us": q1,  # the spread of the per-round differences
-        "overhead_cpu_q3_us": q3,
-        "rounds": len(diff),
-    }
+# The three measures of _batch, in its order: (key, label).
+MEASURES = (
+    ("caller_wall", "calling thread, wall"),
+    ("caller_cpu", "calling thread, CPU"),
+    ("process_cpu", "whole process, CPU (export thread included)"),
+)
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4)
+    return q1, statistics.median(values), q3
+
+
+def _summary(
+    base: list[tuple[float, float, float]], diff: list[tuple[float, float, float]]
+) -> dict[str, float]:
+    """Per measure: median baseline, and median [q1, q3] of the per-round differences."""
+    out: dict[str, float] = {"rounds": len(diff)}
+    for i, (key, _) in enumerate(MEASURES):
+        q1, median, q3 = _quartiles([d[i] for d in diff])
+        out[f"{key}_baseline_us"] = statistics.median(b[i] for b in base)
+        out[f"{key}_us"] = median
+        out[f"{key}_q1_us"] = q1  # the spread of the per-round differences
+        out[f"{key}_q3_us"] = q3
+    return out
+
+
+def _diff(
+    traced: tuple[float, float, float], plain: tuple[float, float, float]
+) -> tuple[float, float, float]:
+    return (traced[0] - plain[0], traced[1] - plain[1], traced[2] - plain[2])
 
 
 def _interleaved(
@@ -134,15 +181,15 @@ def _interleaved(
         traced()
     if flush is not None:
         flush()
-    base: list[tuple[float, float]] = []
-    diff: list[tuple[float, float]] = []
+    base: list[tuple[float, float, float]] = []
+    diff: list[tuple[float, float, float]] = []
     for i in range(rounds):
         if i % 2:
             t, p = _batch(traced, n, flush), _batch(plain, n, flush)
         else:
             p, t = _batch(plain, n, flush), _batch(traced, n, flush)
         base.append(p)
-        diff.append((t[0] - p[0], t[1] - p[1]))
+        diff.append(_diff(t, p))
     return _summary(base, diff)
 
 
@@ -191,42 +238,92 @@ class Tracing:
 
 
 # --- over the network ---------------------------------------------------------------
+Variant = tuple[Any, dict[str, Any]]  # an instrumentor and its instrument() options
+
+
 def _network_pair(
-    fn: Callable[[], Any], instrumentor: Any, tracing: Tracing, n: int, rounds: int
-) -> dict[str, float]:
-    """Like :func:`_interleaved`, instrumenting the real library around each traced batch."""
+    fn: Callable[[], Any],
+    variants: dict[str, Variant],
+    tracing: Tracing,
+    n: int,
+    rounds: int,
+) -> dict[str, dict[str, float]]:
+    """Like :func:`_interleaved`, instrumenting the real library around each traced batch.
+
+    ``variants`` maps a label to an instrumentor and its ``instrument()`` options
+    (the pipeline's providers are added): with ``--compare-with``, the same
+    instrumentation in two versions. Each round times one plain batch and one batch
+    per variant, in an order rotated from round to round, and every variant's
+    overhead is taken against that round's plain batch.
+    """
     for _ in range(max(n // 5, 3)):
         fn()  # warm the connection pool
     flush = tracing.tracer_provider.force_flush
 
-    def traced_batch() -> tuple[float, float]:
-        instrumentor.instrument(**tracing.kwargs)
+    def traced_batch(label: str) -> tuple[float, float, float]:
+        instrumentor, options = variants[label]
+        instrumentor.instrument(**tracing.kwargs, **options)
         try:
             return _batch(fn, n, flush)
         finally:
             instrumentor.uninstrument()
 
-    traced_batch()  # warm the instrumented path
-    base: list[tuple[float, float]] = []
-    diff: list[tuple[float, float]] = []
+    for label in variants:
+        traced_batch(label)  # warm the instrumented path
+    order: list[str | None] = [None, *variants]
+    base: list[tuple[float, float, float]] = []
+    diffs: dict[str, list[tuple[float, float, float]]] = {label: [] for label in variants}
     for i in range(rounds):
-        if i % 2:
-            traced = traced_batch()
-            plain = _batch(fn, n, flush)
-        else:
-            plain = _batch(fn, n, flush)
-            traced = traced_batch()
+        shift = i % len(order)
+        timed: dict[str | None, tuple[float, float, float]] = {}
+        for which in order[shift:] + order[:shift]:
+            timed[which] = _batch(fn, n, flush) if which is None else traced_batch(which)
+        plain = timed[None]
         base.append(plain)
-        diff.append((traced[0] - plain[0], traced[1] - plain[1]))
-    return _summary(base, diff)
+        for label in variants:
+            diffs[label].append(_diff(timed[label], plain))
+    return {label: _summary(base, diffs[label]) for label in variants}
 
 
-def network(quick: bool, chunks: int) -> dict[str, Any]:
+def load_instrumentation(path: str) -> tuple[Any, Any]:
+    """``OllamaInstrumentor`` and ``OpenAIInstrumentor`` of another version.
+
+    ``path`` is a copy of ``src/tokentrace/instrumentation`` (e.g. from ``git
+    show``/``git worktree`` of an earlier commit). It is imported under another
+    package name, next to the current one, so both can be timed in the same rounds.
+    """
+    import importlib
+    import shutil
+    import tempfile
+
+    name = "tokentrace_compared_instrumentation"
+    root = Path(tempfile.mkdtemp(prefix="tt-bench-"))
+    shutil.copytree(path, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for module in (root / name).glob("*.py"):
+        module.write_text(module.read_text().replace("tokentrace.instrumentation", name))
+    sys.path.insert(0, str(root))
+    ollama_module = importlib.import_module(f"{name}.ollama")
+    openai_module = importlib.import_module(f"{name}.openai")
+    return ollama_module.OllamaInstrumentor, openai_module.OpenAIInstrumentor
+
+
+def network(quick: bool, chunks: int, compare_with: str | None = None) -> dict[str, Any]:
     import ollama
     import openai
 
     from tokentrace.instrumentation.ollama import OllamaInstrumentor
     from tokentrace.instrumentation.openai import OpenAIInstrumentor
+
+    # Label suffix -> (Ollama, OpenAI instrumentor classes); "" is this tree's.
+    versions: dict[str, tuple[Any, Any]] = {"": (OllamaInstrumentor, OpenAIInstrumentor)}
+    if compare_with:
+        versions[COMPARED] = load_instrumentation(compare_with)
+
+    def ollama_variants(**options: Any) -> dict[str, Variant]:
+        return {suffix: (classes[0](), options) for suffix, classes in versions.items()}
+
+    def openai_variants() -> dict[str, Variant]:
+        return {suffix: (classes[1](), {}) for suffix, classes in versions.items()}
 
     # Many short rounds: the loopback round trip's jitter is larger than the
     # overhead, and a median over many rounds is what tames it.
@@ -237,6 +334,11 @@ def network(quick: bool, chunks: int) -> dict[str, Any]:
     )  # fmt: skip
     pipelines = (Tracing(metrics=False), Tracing(metrics=True))
     out: dict[str, Any] = {}
+
+    def put(case: str, results: dict[str, dict[str, float]]) -> None:
+        for suffix, result in results.items():
+            out[case + suffix] = result
+
     try:
         assert child.stdout is not None
         urls = json.loads(child.stdout.readline())
@@ -263,42 +365,54 @@ def network(quick: bool, chunks: int) -> dict[str, Any]:
                     pass
 
             for tracing in pipelines:
-                out[f"ollama chat ({tracing.label})"] = _network_pair(
-                    ollama_chat, OllamaInstrumentor(), tracing, calls, rounds
+                label = tracing.label
+                # The warm model reports a 3 ms load: a load_model span with
+                # min_load_ms=0, none with a threshold above 3 ms (the default now).
+                put(
+                    f"ollama chat, warm, default min_load_ms ({label})",
+                    _network_pair(ollama_chat, ollama_variants(), tracing, calls, rounds),
                 )
-                out[f"ollama chat, no load reported ({tracing.label})"] = _network_pair(
-                    ollama_chat_no_load, OllamaInstrumentor(), tracing, calls, rounds
+                put(
+                    f"ollama chat, warm, min_load_ms=0: load_model span ({label})",
+                    _network_pair(
+                        ollama_chat, ollama_variants(min_load_ms=0), tracing, calls, rounds
+                    ),
                 )
-                out[f"openai chat ({tracing.label})"] = _network_pair(
-                    openai_chat, OpenAIInstrumentor(), tracing, calls, rounds
+                put(
+                    f"ollama chat, no load reported ({label})",
+                    _network_pair(ollama_chat_no_load, ollama_variants(), tracing, calls, rounds),
+                )
+                put(
+                    f"openai chat ({label})",
+                    _network_pair(openai_chat, openai_variants(), tracing, calls, rounds),
                 )
             traces = pipelines[0]
-            ollama_s = _network_pair(ollama_stream, OllamaInstrumentor(), traces, streams, rounds)
-            openai_s = _network_pair(openai_stream, OpenAIInstrumentor(), traces, streams, rounds)
+            ollama_s = _network_pair(ollama_stream, ollama_variants(), traces, streams, rounds)
+            openai_s = _network_pair(openai_stream, openai_variants(), traces, streams, rounds)
     finally:
         if child.stdin is not None:
             child.stdin.close()
         child.wait(timeout=30)
         for tracing in pipelines:
             tracing.shutdown()
-    # The stream's final chunk reports no load: the per-call part is the no-load call's.
-    no_load = out["ollama chat, no load reported (traces)"]
-    out["ollama per chunk"] = _per_chunk(ollama_s, no_load, chunks + 1)
-    out["openai per chunk"] = _per_chunk(openai_s, out["openai chat (traces)"], chunks)
+    for suffix in versions:
+        # The stream's final chunk reports no load: the per-call part is the no-load call's.
+        no_load = out[f"ollama chat, no load reported (traces){suffix}"]
+        out[f"ollama per chunk{suffix}"] = _per_chunk(ollama_s[suffix], no_load, chunks + 1)
+        openai_call = out[f"openai chat (traces){suffix}"]
+        out[f"openai per chunk{suffix}"] = _per_chunk(openai_s[suffix], openai_call, chunks)
     return out
 
 
 def _per_chunk(stream: dict[str, float], call: dict[str, float], chunks: int) -> dict[str, float]:
-    per_call = call["overhead_cpu_us"]
-    return {
-        "baseline_wall_us": stream["baseline_wall_us"] / chunks,
-        "baseline_cpu_us": stream["baseline_cpu_us"] / chunks,
-        "overhead_wall_us": (stream["overhead_wall_us"] - call["overhead_wall_us"]) / chunks,
-        "overhead_cpu_us": (stream["overhead_cpu_us"] - per_call) / chunks,
-        "overhead_cpu_q1_us": (stream["overhead_cpu_q1_us"] - per_call) / chunks,
-        "overhead_cpu_q3_us": (stream["overhead_cpu_q3_us"] - per_call) / chunks,
-        "rounds": stream["rounds"],
-    }
+    """A stream's overhead less one call's, over its chunks, per measure."""
+    out: dict[str, float] = {"rounds": stream["rounds"]}
+    for key, _ in MEASURES:
+        per_call = call[f"{key}_us"]
+        out[f"{key}_baseline_us"] = stream[f"{key}_baseline_us"] / chunks
+        for suffix in ("_us", "_q1_us", "_q3_us"):
+            out[key + suffix] = (stream[key + suffix] - per_call) / chunks
+    return out
 
 
 # --- in process ---------------------------------------------------------------------
@@ -359,7 +473,10 @@ def in_process(quick: bool, chunks: int, tracing: Tracing) -> dict[str, Any]:
     args = (ollama.ChatResponse, "POST", "/api/chat")
     body = {"model": MODEL, "messages": MESSAGES, "stream": False}
     wrapper = tt_ollama._sync_wrapper(telemetry, 0)
-    for label, response in (("ollama chat", reply), ("ollama chat, no load reported", no_load)):
+    for label, response in (
+        ("ollama chat, 3 ms load reported, min_load_ms=0: load_model span", reply),
+        ("ollama chat, no load reported", no_load),
+    ):
         request = _returns(response)
         out[label] = _interleaved(
             lambda: request(*args, json=body, stream=False),  # noqa: B023
@@ -440,7 +557,7 @@ def reference_span_us(quick: bool) -> float:
         tracer.start_span("chat bench", attributes={"gen_ai.request.model": MODEL}).end()
 
     return _interleaved(lambda: None, span, 2_000 if quick else 20_000, 3 if quick else 7)[
-        "overhead_cpu_us"
+        "process_cpu_us"
     ]
 
 
@@ -449,7 +566,7 @@ def _load() -> str:
     return path.read_text().split()[0] if path.exists() else "?"
 
 
-def run(quick: bool, chunks: int) -> dict[str, Any]:
+def run(quick: bool, chunks: int, compare_with: str | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "load_at_start": _load(),
@@ -462,7 +579,7 @@ def run(quick: bool, chunks: int) -> dict[str, Any]:
             result["in_process"][tracing.label] = in_process(quick, chunks, tracing)
         finally:
             tracing.shutdown()
-    result["network"] = network(quick, chunks)
+    result["network"] = network(quick, chunks, compare_with)
     result["load_at_end"] = _load()
     return result
 
@@ -480,6 +597,17 @@ def _machine() -> str:
     memory = out(["free", "-h"]).splitlines()
     total = memory[1].split()[1] if len(memory) > 1 else "?"
     return f"{out(['nproc'])} CPUs, {total} RAM, Python {platform.python_version()}"
+
+
+def _cell(r: dict[str, float], key: str) -> str:
+    return f"{r[key + '_us']:.2f} [{r[key + '_q1_us']:.2f}–{r[key + '_q3_us']:.2f}]"
+
+
+def _verdict(r: dict[str, float], key: str, target: float) -> str:
+    """Met / NOT met by the median, "undecided" when the IQR straddles the target."""
+    if r[key + "_q1_us"] <= target < r[key + "_q3_us"]:
+        return f"undecided (median {r[key + '_us']:.2f}, IQR straddles {target:g})"
+    return "met" if r[key + "_us"] <= target else "NOT met"
 
 
 def report(data: dict[str, Any], quick: bool) -> str:
@@ -500,44 +628,55 @@ def report(data: dict[str, Any], quick: bool) -> str:
         ),
         "",
         (
-            "In process (the wrapper around a prebuilt real response; CPU µs, median of "
+            "In process (the wrapper around a prebuilt real response; µs, median of "
             f"{by_config['traces']['openai chat']['rounds']} rounds [interquartile range]):"
         ),
         "",
-        "| | traces | traces + metrics |",
-        "| --- | --- | --- |",
+        "| | traces: calling thread CPU | traces: process CPU "
+        "| traces + metrics: calling thread CPU | traces + metrics: process CPU |",
+        "| --- | --- | --- | --- | --- |",
     ]
-
-    def cell(r: dict[str, float]) -> str:
-        return f"{r['overhead_cpu_us']:.2f} [{r['overhead_cpu_q1_us']:.2f}–{r['overhead_cpu_q3_us']:.2f}]"
-
     for key in by_config["traces"]:
         unit = "chunk" if "chunk" in key else "call"
-        cells = " | ".join(cell(by_config[c][key]) for c in ("traces", "traces + metrics"))
+        cells = " | ".join(
+            _cell(by_config[c][key], measure)
+            for c in ("traces", "traces + metrics")
+            for measure in ("caller_cpu", "process_cpu")
+        )
         lines.append(f"| {key} (µs/{unit}) | {cells} |")
     network = data["network"]
     lines += [
         "",
         (
-            "Over the network (real client, local fake server in another process; median of the "
-            f"per-round difference over {network['openai chat (traces)']['rounds']} rounds, "
-            "same-run baseline):"
+            "Over the network (real client, local fake server in another process): overhead = "
+            "instrumented − uninstrumented, median [interquartile range] of the per-round "
+            f"differences over {network['openai chat (traces)']['rounds']} rounds; baseline = "
+            "the same run's uninstrumented median. Calling thread = what the caller waits for "
+            "(wall) and burns (CPU) during its calls; whole process = CPU of all threads up to "
+            "the end of a flush (the batch processor's export included):"
         ),
         "",
-        "| | baseline wall / CPU µs | overhead wall / CPU µs | CPU interquartile range |",
-        "| --- | --- | --- | --- |",
+        "| | baseline wall / thread CPU / process CPU | calling thread, wall | "
+        "calling thread, CPU | whole process, CPU |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for key, r in network.items():
         unit = "chunk" if "chunk" in key else "call"
-        lines.append(
-            f"| {key} (per {unit}) | {r['baseline_wall_us']:.1f} / {r['baseline_cpu_us']:.1f} "
-            f"| {r['overhead_wall_us']:.2f} / {r['overhead_cpu_us']:.2f} "
-            f"| {r['overhead_cpu_q1_us']:.2f} – {r['overhead_cpu_q3_us']:.2f} |"
-        )
+        base = " / ".join(f"{r[m + '_baseline_us']:.1f}" for m, _ in MEASURES)
+        cells = " | ".join(_cell(r, m) for m, _ in MEASURES)
+        lines.append(f"| {key} (per {unit}) | {base} | {cells} |")
     lines += [
         "",
-        f"Targets: ≤ {TARGET_CALL_US:.0f} µs per non-streamed call, ≤ {TARGET_CHUNK_US:.0f} µs per streamed chunk.",
+        (
+            f"Targets: ≤ {TARGET_CALL_US:.0f} µs per non-streamed call, ≤ "
+            f"{TARGET_CHUNK_US:.0f} µs per streamed chunk (over the network, per measure):"
+        ),
+        "",
     ]
+    for key, r in network.items():
+        target = TARGET_CHUNK_US if "chunk" in key else TARGET_CALL_US
+        verdicts = ", ".join(f"{label}: {_verdict(r, m, target)}" for m, label in MEASURES)
+        lines.append(f"* {key}: {verdicts}")
     return "\n".join(lines)
 
 
@@ -551,6 +690,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--report", metavar="JSON", help="print the report of figures saved with --json"
     )
+    parser.add_argument(
+        "--compare-with",
+        metavar="DIR",
+        help=(
+            "a copy of src/tokentrace/instrumentation of another version: its network "
+            "figures are measured in the same rounds, labelled" + COMPARED
+        ),
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
@@ -560,7 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         saved = json.loads(Path(args.report).read_text())
         print(report(saved, saved.get("quick", False)))
         return 0
-    data = run(args.quick, args.chunks)
+    data = run(args.quick, args.chunks, args.compare_with)
     data["quick"] = args.quick
     print(json.dumps(data, indent=2) if args.json else report(data, args.quick))
     return 0

@@ -27,8 +27,15 @@ What the span records, from the response (the final ``done`` chunk of a stream):
   decode ms/token (``eval_duration / eval_count``), prefill ms/token and ms/token
   excluding the load from them.
 * A child span ``load_model {model}`` (``gen_ai.operation.name = load_model``) that
-  starts with the call and lasts ``load_duration``, when the server reports one of at
-  least ``min_load_ms`` (an ``instrument()`` argument, default 0: every reported load).
+  starts with the call and lasts ``load_duration``, when the server reports a load of
+  at least ``min_load_ms`` (an ``instrument()`` argument, default
+  :data:`DEFAULT_MIN_LOAD_MS` = 100; 0 makes every reported ``load_duration`` a span).
+  A warm Ollama reports a few ms of ``load_duration`` on every call (finding the
+  loaded runner), which is no model load: as ``load_model`` spans those would be
+  counted as loads by ``tokentrace.efficiency`` (``loads``, ``avg_load_ms``) and
+  drown the real ones, and would cost a second span per call. The reported figure
+  stays on the inference span (``tokentrace.server.load_duration_ns``) either way,
+  so ms/token still excludes it.
 * Streams (``stream=True``): ollama-python sends the request only when iteration
   starts, so the span starts then and ends when the stream is exhausted or closed.
   ``gen_ai.response.time_to_first_chunk`` (seconds) is measured from the request,
@@ -88,7 +95,14 @@ _TIMINGS = (
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
-__all__ = ["OllamaInstrumentor"]
+DEFAULT_MIN_LOAD_MS = 100.0
+"""Smallest reported ``load_duration`` (ms) that becomes a ``load_model`` span.
+
+A warm Ollama reports single-digit ms (the scheduler finding the loaded runner);
+a real load starts a runner process and reads the weights: hundreds of ms and up.
+"""
+
+__all__ = ["DEFAULT_MIN_LOAD_MS", "OllamaInstrumentor"]
 
 
 class _Request:
@@ -371,7 +385,9 @@ class OllamaInstrumentor(BaseInstrumentor):
     """Instruments ``ollama.Client`` and ``ollama.AsyncClient``.
 
     ``instrument()`` accepts ``tracer_provider``, ``meter_provider``,
-    ``capture_content`` (overrides the environment variable) and ``min_load_ms``.
+    ``capture_content`` (overrides the environment variable) and ``min_load_ms``
+    (default :data:`DEFAULT_MIN_LOAD_MS`; 0: a ``load_model`` span for every
+    reported ``load_duration``).
     """
 
     _patcher: Patcher | None = None
@@ -381,7 +397,10 @@ class OllamaInstrumentor(BaseInstrumentor):
 
     def _instrument(self, **kwargs: Any) -> None:
         telemetry = telemetry_from(__name__, kwargs)
-        min_load_ns = int(float(kwargs.get("min_load_ms") or 0) * 1e6)
+        min_load_ms = kwargs.get("min_load_ms")
+        if min_load_ms is None:
+            min_load_ms = DEFAULT_MIN_LOAD_MS
+        min_load_ns = int(float(min_load_ms) * 1e6)
         self._patcher = Patcher()
         self._patcher.add(_MODULE, "Client._request", _sync_wrapper(telemetry, min_load_ns))
         self._patcher.add(_MODULE, "AsyncClient._request", _async_wrapper(telemetry, min_load_ns))

@@ -93,6 +93,8 @@ _HOSTS = {
 _HOST_SUFFIXES = ((".openai.azure.com", "azure.ai.openai"),)
 _PORTS = {11434: "ollama", 8000: "vllm", 8080: "llama.cpp", 1234: "lm_studio"}
 _FALLBACK_PROVIDER = "openai_compatible"
+# The create() arguments _record_request reads.
+_REQUEST_OPTIONS = frozenset(("temperature", "max_tokens", "max_completion_tokens"))
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 _TARGETS = (
@@ -154,8 +156,10 @@ class _Request:
             self.context,
             self.metric_attrs,
         )
-        if call.recording:
-            guard(_record_request, call, self, telemetry.capture_content)
+        capture = telemetry.capture_content
+        # Most calls set none of the request options recorded: nothing to read then.
+        if call.recording and (capture or not _REQUEST_OPTIONS.isdisjoint(self.kwargs)):
+            guard(_record_request, call, self, capture)
         return call
 
 
@@ -182,10 +186,21 @@ def _request_of(
     if context is None:
         return None
     try:
-        return _Request(operation, kwargs, servers(instance._client.base_url), context)
+        return _Request(operation, kwargs, servers(_base_url(instance._client)), context)
     except Exception:  # noqa: BLE001 - a request we cannot read is simply not traced
         _log.debug("tokentrace: unreadable %s request", operation, exc_info=True)
         return None
+
+
+def _base_url(client: Any) -> Any:
+    """The client's base URL (an ``httpx.URL``).
+
+    Read from the instance when it is there: in recent ``openai`` releases the
+    ``base_url`` property imports a module on every read.
+    """
+    state = getattr(client, "__dict__", None)
+    url = state.get("_base_url") if state is not None else None
+    return url if url is not None else client.base_url
 
 
 def _record_request(call: Call, request: _Request, capture: bool) -> None:

@@ -33,6 +33,9 @@ TIMED = Script(
     total_ns=9_000_000,
 )
 CACHED = Script(tokens=["a", "b"], prompt_eval_count=None, eval_ns=1_000_000)
+# A real (cold) load, above the default min_load_ms (100 ms): a load_model span. TIMED's
+# 1.5 ms is what a warm Ollama reports: recorded on the call, no load_model span.
+COLD = dataclasses.replace(TIMED, load_ns=250_000_000)
 # For the child processes, whose rows must all have a positive ms/token (wall time
 # minus the reported load): a load shorter than any call's wall time, and a stream
 # paced at least as slowly as the timings it reports, as a real server's is. (TIMED's
@@ -62,7 +65,7 @@ def _servers(scripts: dict[str, Script]) -> Iterator[tuple[FakeOllama, FakeOpenA
 
 @pytest.fixture
 def servers() -> Iterator[tuple[FakeOllama, FakeOpenAI]]:
-    yield from _servers({"llama3.2": TIMED, "cached": CACHED})
+    yield from _servers({"llama3.2": TIMED, "cached": CACHED, "cold": COLD})
 
 
 @pytest.fixture
@@ -83,6 +86,7 @@ def test_instrumented_calls_become_rows_with_efficiency(
     try:
         with ollama.Client(host=native.url) as client:
             client.chat(model="llama3.2", messages=[{"role": "user", "content": "Hi"}])
+            client.chat(model="cold", messages=[{"role": "user", "content": "Hi"}])
             client.generate(model="cached", prompt="Hi")
             with pytest.raises(ollama.ResponseError):
                 client.chat(model="missing", messages=[])
@@ -99,7 +103,8 @@ def test_instrumented_calls_become_rows_with_efficiency(
 
     rows = {row["name"]: row for row in _rows(db)}
     assert set(rows) == {
-        "load_model llama3.2",
+        "load_model cold",
+        "chat cold",
         "chat llama3.2",
         "text_completion cached",
         "chat missing",
@@ -116,14 +121,16 @@ def test_instrumented_calls_become_rows_with_efficiency(
     assert native_chat["token_source"] == "reported"
     assert native_chat["service_name"] == "instrumentation-tests"
 
-    load = rows["load_model llama3.2"]
-    assert (load["operation"], load["kind"], load["provider"]) == (
+    load = rows["load_model cold"]
+    assert (load["operation"], load["kind"], load["provider"], load["model"]) == (
         "load_model",
         "INTERNAL",
         "ollama",
+        "cold",
     )
-    assert load["duration_ms"] == pytest.approx(1.5) and load["load_ms"] == pytest.approx(1.5)
+    assert load["duration_ms"] == pytest.approx(250) and load["load_ms"] == pytest.approx(250)
     assert load["parent_span_id"] is not None
+    assert rows["chat cold"]["load_ms"] == pytest.approx(250)
 
     cached = rows["text_completion cached"]
     assert cached["input_tokens"] is None and cached["output_tokens"] == 2  # never a false 0
@@ -181,9 +188,12 @@ def _assert_rows(db: str) -> None:
     by_name: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_name.setdefault(row["name"], []).append(row)
-    assert sorted(by_name) == ["chat llama3.2", "load_model llama3.2", "text_completion llama3.2"]
-    assert len(by_name["load_model llama3.2"]) == 2
+    # PACED reports a warm Ollama's 0.5 ms load_duration: on the rows, not a load span
+    # (the default min_load_ms applies through tokentrace.instrument() and zero-code).
+    assert sorted(by_name) == ["chat llama3.2", "text_completion llama3.2"]
     assert {r["provider"] for r in by_name["chat llama3.2"]} == {"ollama", "openai_compatible"}
+    native = [r for r in rows if r["provider"] == "ollama"]
+    assert len(native) == 2 and all(r["load_ms"] == pytest.approx(0.5) for r in native)
     for row in by_name["chat llama3.2"] + by_name["text_completion llama3.2"]:
         assert row["ms_per_token"] is not None and row["ms_per_token"] > 0
         assert row["service_name"] == "zero-code-app"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from tests.fakeservers import FakeOllama, Script
 from tests.unit.instrumentation.conftest import Instrument, only_span
 from tokentrace import attributes as A
 from tokentrace.instrumentation import _metrics as M
-from tokentrace.instrumentation.ollama import OllamaInstrumentor
+from tokentrace.instrumentation.ollama import DEFAULT_MIN_LOAD_MS, OllamaInstrumentor
 
 MODEL = "llama3.2"
 MS = 1_000_000
@@ -95,10 +96,10 @@ def test_chat_span_has_usage_server_timings_and_derived_figures(
     assert derived[A.TT_MS_PER_TOKEN] == pytest.approx(derived[A.TT_INFERENCE_MS] / 3)
 
 
-def test_reported_load_is_a_child_span_at_the_start_of_the_call(
+def test_with_min_load_ms_0_every_reported_load_is_a_child_span_at_the_start_of_the_call(
     instrument: Instrument, span_exporter: InMemorySpanExporter, client: Any, server: FakeOllama
 ) -> None:
-    instrument(OllamaInstrumentor)
+    instrument(OllamaInstrumentor, min_load_ms=0)
     client.generate(model=MODEL, prompt="Hi")
 
     call = only_span(span_exporter, f"text_completion {MODEL}")
@@ -118,6 +119,56 @@ def test_reported_load_is_a_child_span_at_the_start_of_the_call(
         A.TT_SERVER_LOAD_NS: 1_500_000,
         A.TT_LOAD_MS: 1.5,
     }
+
+
+def test_by_default_a_real_load_is_a_child_span_and_a_warm_call_s_is_not(
+    instrument: Instrument, span_exporter: InMemorySpanExporter, client: Any, server: FakeOllama
+) -> None:
+    # A warm Ollama reports a few ms of load_duration (TIMED: 1.5 ms); a real load
+    # starts a runner and reads the weights. The default threshold is 100 ms, inclusive.
+    assert DEFAULT_MIN_LOAD_MS == 100.0
+    server.scripts["cold"] = dataclasses.replace(TIMED, load_ns=850 * MS)
+    server.scripts["edge"] = dataclasses.replace(TIMED, load_ns=100 * MS)
+    server.scripts["below"] = dataclasses.replace(TIMED, load_ns=100 * MS - 1)
+    instrument(OllamaInstrumentor)
+    for model in (MODEL, "cold", "edge", "below"):
+        client.generate(model=model, prompt="Hi")
+
+    names = sorted(s.name for s in span_exporter.get_finished_spans())
+    assert names == [
+        "load_model cold",
+        "load_model edge",
+        "text_completion below",
+        "text_completion cold",
+        "text_completion edge",
+        f"text_completion {MODEL}",
+    ]
+    # The warm call's reported load stays on its span (ms/token still excludes it).
+    warm = _attrs(only_span(span_exporter, f"text_completion {MODEL}"))
+    assert warm[A.TT_SERVER_LOAD_NS] == 1_500_000
+    assert warm[A.TT_LOAD_MS] == pytest.approx(1.5)
+    below = _attrs(only_span(span_exporter, "text_completion below"))
+    assert below[A.TT_SERVER_LOAD_NS] == 100 * MS - 1
+
+    call = only_span(span_exporter, "text_completion cold")
+    load = only_span(span_exporter, "load_model cold")
+    assert load.parent is not None and load.parent.span_id == call.context.span_id
+    assert load.kind is SpanKind.INTERNAL
+    assert load.start_time == call.start_time
+    assert load.end_time - load.start_time == 850 * MS
+    assert _attrs(load) == {
+        A.GEN_AI_OPERATION_NAME: "load_model",
+        A.GEN_AI_PROVIDER_NAME: "ollama",
+        A.GEN_AI_REQUEST_MODEL: "cold",
+        A.SERVER_ADDRESS: "127.0.0.1",
+        A.SERVER_PORT: server.port,
+        A.TT_LOAD_SOURCE: "server",
+        A.TT_SERVER_LOAD_NS: 850 * MS,
+        A.TT_LOAD_MS: 850.0,
+    }
+    assert _attrs(call)[A.TT_SERVER_LOAD_NS] == 850 * MS
+    edge = only_span(span_exporter, "load_model edge")
+    assert edge.end_time - edge.start_time == 100 * MS
 
 
 def test_omitted_timings_record_nothing_and_make_no_load_span(
@@ -254,7 +305,7 @@ def test_connection_error_is_reraised_unchanged(
 def test_async_client_plain_and_streamed(
     instrument: Instrument, span_exporter: InMemorySpanExporter, server: FakeOllama
 ) -> None:
-    instrument(OllamaInstrumentor)
+    instrument(OllamaInstrumentor, min_load_ms=0)  # every reported load a span
 
     async def run() -> list[str]:
         client = ollama.AsyncClient(host=server.url)

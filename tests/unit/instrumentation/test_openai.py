@@ -415,3 +415,21 @@ def test_nested_spans_are_children_of_the_call_span(
     call = only_span(span_exporter, f"chat {MODEL}")
     assert call.parent is not None and call.parent.span_id == caller.get_span_context().span_id
     assert [s.get_span_context().span_id for s in seen] == [call.context.span_id]
+
+
+def test_request_options_are_recorded_only_when_given(
+    instrument: Instrument, span_exporter: InMemorySpanExporter, client: openai.OpenAI
+) -> None:
+    instrument(OpenAIInstrumentor)
+    client.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_completion_tokens=16,
+    )
+
+    plain, limited = (_attrs(s) for s in span_exporter.get_finished_spans())
+    assert A.GEN_AI_REQUEST_TEMPERATURE not in plain
+    assert A.GEN_AI_REQUEST_MAX_TOKENS not in plain
+    assert A.GEN_AI_REQUEST_TEMPERATURE not in limited
+    assert limited[A.GEN_AI_REQUEST_MAX_TOKENS] == 16
