@@ -207,13 +207,29 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     dsn = _dsn(args)
     _ensure_schema(dsn)
+    # Two phases: the spans go (partitions detached, lock on spans released), then
+    # the detached tables are dropped and their files freed without blocking writers.
     result = prune(dsn, args.retention_days, args.rollup_retention_days)
+    failed = result.release_error is not None
     if args.json:
-        _print_json({"status": "success", **result.as_json()})
-        return 0
-    print(result.summary())
-    for part in result.partitions:
-        print(f"  {part.partition}  {part.day}  {part.spans:,} spans")
+        _print_json({"status": "partial" if failed else "success", **result.as_json()})
+    else:
+        print(result.summary())
+        for part in result.partitions:
+            print(f"  {part.partition}  {part.day}  {part.spans:,} spans")
+        if result.released:
+            print(
+                f"  spans gone in {result.removed_ms:,.1f} ms; "
+                f"{_size(result.bytes_released)} freed in {result.release_ms or 0.0:,.1f} ms more"
+            )
+    if failed:
+        print(
+            f"tokentrace: the spans were pruned, but freeing their files failed: "
+            f"{result.release_error}\n(the next prune retries; or run "
+            f"SELECT * FROM tokentrace_expired.release_pruned())",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -344,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="drop raw spans older than the retention window",
                        description="Drop whole day partitions older than the retention window, and "
-                       "rollups older than the (longer) rollup retention.")
+                       "rollups older than the (longer) rollup retention. Two steps: the partitions "
+                       "are detached (the spans are gone, writers unblocked), then dropped (their "
+                       "files freed, writers not blocked).")
     p.add_argument("--retention-days", type=_positive_int, default=None,
                    help="days of raw spans to keep (default: $TOKENTRACE_RETENTION_DAYS or 60)")
     p.add_argument("--rollup-retention-days", type=_positive_int, default=None,

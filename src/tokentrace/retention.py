@@ -1,13 +1,28 @@
 """Retention: raw spans by whole day partitions, rollups kept longer, on a schedule.
 
 Raw spans live in one partition per UTC day (``tokentrace.spans_YYYYMMDD``).
-Pruning drops every partition that lies wholly before ``now − retention``: no
+Pruning removes every partition that lies wholly before ``now − retention``: no
 row-by-row ``DELETE``, no WAL per row, no ``VACUUM``, no table bloat, and no
 ``count(*)`` of the day either (the spans reported come from the day's 5-minute
-rollups, deleted with it; ``exact_counts=True`` counts instead) — what it costs is
-the filesystem handing the day's files back and the day's few thousand 5-minute
-rollup rows. The
-rollups the reports read (``tokentrace.span_rollups``) are kept longer, so 60-day
+rollups, deleted with it; ``exact_counts=True`` counts instead).
+
+It runs in two phases, each its own transaction:
+
+1. ``tokentrace.prune(…, defer_release => true)`` *detaches* the expired partitions
+   from ``tokentrace.spans`` and moves them to the schema ``tokentrace_expired``
+   (with the day's 5-minute rollups deleted): catalog work of a few milliseconds,
+   after which the spans are gone from the table and from every report, and the
+   lock it took on ``tokentrace.spans`` (which blocks writers) is released.
+2. ``tokentrace_expired.release_pruned()`` drops the detached tables: the
+   filesystem hands the day's files back (the slow part, growing with the day's
+   size) while only those tables are locked — writers and reports carry on.
+
+A crash between the two leaves the detached tables in ``tokentrace_expired``
+(listed by ``tokentrace.pruned_pending``); the next prune releases them.
+``SELECT * FROM tokentrace.prune()`` in SQL, without ``defer_release``, still drops
+in one transaction (holding the lock on spans until the files are freed).
+
+The rollups the reports read (``tokentrace.span_rollups``) are kept longer, so 60-day
 trends and longer windows still answer once the raw spans are gone:
 
 =====================================  ===========================================  =======
@@ -40,7 +55,9 @@ From code (what ``tokentrace serve`` runs)::
     scheduler.stop()
 
 The scheduler logs each run at INFO on the ``tokentrace.retention`` logger (one line
-per dropped partition and a summary) and a failed run at WARNING; it retries a
+per removed partition, a summary and what the release freed) and a failed run at
+WARNING (a release that failed after the spans were removed too: it is retried by
+the next run); it retries a
 failed run sooner (``retry_s``) and never stops the server. Several ``serve``
 processes may each run one: ``tokentrace.prune()`` serializes itself with an
 advisory lock, so the second finds nothing left to drop.
@@ -53,6 +70,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -68,9 +86,10 @@ _log = logging.getLogger(__name__)
 DEFAULT_ROLLUP_RETENTION_DAYS = 400
 DEFAULT_PRUNE_INTERVAL_HOURS = 24.0
 _PRUNE_SQL = (
-    "SELECT partition_name, day, spans, rollup_rows, kind FROM tokentrace.prune(%s, %s, %s) "
+    "SELECT partition_name, day, spans, rollup_rows, kind FROM tokentrace.prune(%s, %s, %s, %s) "
     "ORDER BY kind, day, partition_name NULLS LAST"
 )
+_RELEASE_SQL = "SELECT table_name, day, total_bytes FROM tokentrace_expired.release_pruned()"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +109,36 @@ class PrunedDay:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleasedTable:
+    """A detached day partition dropped by ``tokentrace_expired.release_pruned()``."""
+
+    table: str
+    day: dt.date | None
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class PruneResult:
-    """The outcome of one :func:`prune`."""
+    """The outcome of one :func:`prune`.
+
+    ``removed_ms`` is the first phase (until the spans were gone and the lock on
+    ``tokentrace.spans`` released), ``release_ms`` the second (until the files were
+    freed); ``release_error`` says why the second failed, if it did (the detached
+    tables wait in ``tokentrace_expired`` for the next prune).
+    """
 
     retention_days: int
     rollup_retention_days: int
     days: tuple[PrunedDay, ...]
     exact_counts: bool = False
+    released: tuple[ReleasedTable, ...] = ()
+    removed_ms: float = 0.0
+    release_ms: float | None = None
+    release_error: str | None = None
+
+    @property
+    def bytes_released(self) -> int:
+        return sum(t.bytes for t in self.released)
 
     @property
     def partitions(self) -> list[PrunedDay]:
@@ -118,10 +160,15 @@ class PruneResult:
             f"older than {self.retention_days} days"
         )
         expired = sum(d.rollup_rows for d in self.days if d.kind == "rollup")
-        return (
+        text = (
             f"{text}; {self.rollup_rows_removed:,} rollup row(s) removed "
             f"({expired:,} older than {self.rollup_retention_days} days)"
         )
+        if self.released:
+            text += f"; {len(self.released)} table(s) released, {_mb(self.bytes_released)} freed"
+        if self.release_error is not None:
+            text += "; releasing the files FAILED (the next prune retries)"
+        return text
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -149,7 +196,23 @@ class PruneResult:
             "spans_removed": self.spans_removed,
             "span_counts": "exact" if self.exact_counts else "rollups",
             "rollup_rows_removed": self.rollup_rows_removed,
+            "released": [
+                {
+                    "table": t.table,
+                    "day": t.day.isoformat() if t.day else None,
+                    "bytes": t.bytes,
+                }
+                for t in self.released
+            ],
+            "bytes_released": self.bytes_released,
+            "removed_ms": round(self.removed_ms, 3),
+            "release_ms": None if self.release_ms is None else round(self.release_ms, 3),
+            "release_error": self.release_error,
         }
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
 
 
 def resolve_rollup_retention(value: int | None = None, raw_days: int | None = None) -> int:
@@ -201,29 +264,67 @@ def prune(
     rollup_retention_days: int | None = None,
     *,
     exact_counts: bool = False,
+    release: bool = True,
 ) -> PruneResult:
-    """Drop expired raw day partitions and expired rollups now; say what went.
+    """Remove expired raw day partitions and expired rollups now; say what went.
 
-    The spans of a dropped day are reported from its 5-minute rollups, which the
+    Two transactions: the expired partitions are detached (their spans are gone
+    from ``tokentrace.spans`` and every report when it commits, and the lock on
+    spans is released), then :func:`release_pruned` drops them, freeing their files
+    without blocking writers. ``release=False`` leaves that to a later
+    :func:`release_pruned` (or the next prune). A release that fails does not undo
+    the first phase: ``release_error`` says why, and the next prune retries it.
+
+    The spans of a removed day are reported from its 5-minute rollups, which the
     prune deletes anyway (spans with a model; exact whenever spans were written
     through ``tokentrace.spans``). ``exact_counts=True`` counts each partition with
-    ``count(*)`` before dropping it instead: every span stored, at the price of
-    reading the whole day (about as long again as the drop itself).
+    ``count(*)`` first instead: every span stored, at the price of reading the whole
+    day while holding the lock on spans.
     """
     days = config.retention_days(retention_days)
     rollup_days = resolve_rollup_retention(rollup_retention_days, days)
+    released: tuple[ReleasedTable, ...] = ()
+    release_ms: float | None = None
+    error: str | None = None
     with connect(dsn, autocommit=True) as conn:
+        started = time.perf_counter()
         rows = conn.execute(
             _PRUNE_SQL,
-            (dt.timedelta(days=days), dt.timedelta(days=rollup_days), exact_counts),
+            (dt.timedelta(days=days), dt.timedelta(days=rollup_days), exact_counts, True),
         ).fetchall()
-    pruned = tuple(_pruned_day(row) for row in rows)
+        removed_ms = (time.perf_counter() - started) * 1000
+        if release:
+            started = time.perf_counter()
+            try:
+                released = _release(conn)
+            except psycopg.Error as exc:
+                error = redact(str(exc)).strip() or type(exc).__name__
+                _log.warning("releasing pruned partitions failed (the next prune retries): %s", error)
+            release_ms = (time.perf_counter() - started) * 1000
     return PruneResult(
         retention_days=days,
         rollup_retention_days=rollup_days,
-        days=pruned,
+        days=tuple(_pruned_day(row) for row in rows),
         exact_counts=exact_counts,
+        released=released,
+        removed_ms=removed_ms,
+        release_ms=release_ms,
+        release_error=error,
     )
+
+
+def release_pruned(dsn: str) -> tuple[ReleasedTable, ...]:
+    """Drop the day partitions a prune detached (``tokentrace_expired.release_pruned()``).
+
+    Frees their files; locks only those detached tables, never ``tokentrace.spans``.
+    """
+    with connect(dsn, autocommit=True) as conn:
+        return _release(conn)
+
+
+def _release(conn: psycopg.Connection[Any]) -> tuple[ReleasedTable, ...]:
+    rows = conn.execute(_RELEASE_SQL).fetchall()
+    return tuple(ReleasedTable(table=str(n), day=d, bytes=int(b or 0)) for n, d, b in rows)
 
 
 def _pruned_day(row: tuple[Any, ...]) -> PrunedDay:
@@ -305,7 +406,7 @@ class PruneScheduler:
 
 
 def _log_result(result: PruneResult) -> None:
-    if not result.days:
+    if not result.days and not result.released:
         _log.debug("prune: nothing older than %d days", result.retention_days)
         return
     for part in result.partitions:
@@ -317,6 +418,13 @@ def _log_result(result: PruneResult) -> None:
             part.rollup_rows,
         )
     _log.info("%s", result.summary())
+    if result.released:
+        _log.info(
+            "spans gone in %.1f ms; %s freed in %.1f ms more",
+            result.removed_ms,
+            _mb(result.bytes_released),
+            result.release_ms or 0.0,
+        )
 
 
 def scheduler_from_settings(

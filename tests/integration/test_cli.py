@@ -9,6 +9,7 @@ import sys
 import venv
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.helpers import query
@@ -79,6 +80,39 @@ def test_bad_environment_value_names_the_variable(db: str, subprocess_env: dict[
     out = tokentrace(subprocess_env, "prune")
     assert out.returncode == 2
     assert "TOKENTRACE_RETENTION_DAYS='forever' is not an integer" in out.stderr
+
+
+def test_prune_removes_the_spans_then_frees_their_files(db: str, subprocess_env: dict[str, str]) -> None:
+    import datetime as dt
+
+    old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=90)
+    table = f"spans_{old:%Y%m%d}"
+    query(db, "SELECT tokentrace.ensure_partitions(ARRAY[%s::date])", (old.date(),))
+    with psycopg.connect(db) as conn:  # an expired day, stored as the writer stores it
+        conn.execute(
+            "INSERT INTO tokentrace.spans (trace_id, span_id, name, kind, model, operation, "
+            "start_time, end_time) SELECT int8send(i), int8send(i), 'x', 'CLIENT', 'm', 'chat', "
+            "%s, %s FROM generate_series(1, 50) i",
+            (old, old),
+        )
+        # A detached partition a deferred prune left behind (its release never ran).
+        conn.execute("CREATE TABLE tokentrace_expired.spans_20000101 (x int)")
+    out = tokentrace(subprocess_env, "prune", "--json")
+    assert out.returncode == 0, out.stderr
+    payload = json.loads(out.stdout)
+    assert payload["status"] == "success"
+    assert [r["partition"] for r in payload["removed"]] == [table]
+    assert payload["spans_removed"] == 50
+    assert sorted(r["table"] for r in payload["released"]) == ["spans_20000101", table]
+    assert payload["bytes_released"] > 0 and payload["release_error"] is None
+    assert payload["removed_ms"] >= 0 and payload["release_ms"] >= 0
+    assert query(db, "SELECT count(*) FROM pg_class WHERE relnamespace = "
+                 "'tokentrace_expired'::regnamespace") == [(0,)]
+    assert query(db, "SELECT to_regclass(%s)", (f"tokentrace.{table}",)) == [(None,)]
+
+    text = tokentrace(subprocess_env, "prune")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("pruned 0 day partition(s)")
 
 
 def test_unreachable_database_is_one_clear_line_without_password(subprocess_env: dict[str, str]) -> None:
