@@ -37,6 +37,18 @@ TIME_TO_FIRST_TOKEN_BUCKETS: tuple[float, ...] = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
 
+TokenAttrs = tuple[Mapping[str, Any], Mapping[str, Any]]
+"""The attributes of an input and of an output ``gen_ai.client.token.usage`` point."""
+
+
+def token_attrs(attrs: Mapping[str, Any]) -> TokenAttrs:
+    """``attrs`` with ``gen_ai.token.type`` = ``input``, and with ``output``."""
+    return (
+        {**attrs, A.GEN_AI_TOKEN_TYPE: "input"},
+        {**attrs, A.GEN_AI_TOKEN_TYPE: "output"},
+    )
+
+
 def _histogram(
     meter: Meter, name: str, unit: str, doc: str, buckets: tuple[float, ...]
 ) -> Histogram:
@@ -79,18 +91,24 @@ class GenAIMetrics:
         ttft_s: float | None = None,
         tpot_s: float | None = None,
         failed: bool = False,
+        typed: TokenAttrs | None = None,
     ) -> None:
         """Record one finished call; token and latency figures only on success.
 
+        ``typed`` is :func:`token_attrs` of ``attrs`` when the caller has it at hand
+        (built once for many calls); else it is built here if tokens are recorded.
         Called once per call, positionally (keyword passing costs on this path).
         """
         self.duration.record(duration_s, attrs)
         if failed:
             return
-        if input_tokens is not None:
-            self.token_usage.record(input_tokens, {**attrs, A.GEN_AI_TOKEN_TYPE: "input"})
-        if output_tokens is not None:
-            self.token_usage.record(output_tokens, {**attrs, A.GEN_AI_TOKEN_TYPE: "output"})
+        if input_tokens is not None or output_tokens is not None:
+            if typed is None:
+                typed = token_attrs(attrs)
+            if input_tokens is not None:
+                self.token_usage.record(input_tokens, typed[0])
+            if output_tokens is not None:
+                self.token_usage.record(output_tokens, typed[1])
         if ttft_s is not None:
             self.time_to_first_token.record(ttft_s, attrs)
         if tpot_s is not None:

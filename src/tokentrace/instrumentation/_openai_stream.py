@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import wrapt
 
 from tokentrace import attributes as A
-from tokentrace.instrumentation._common import Call, field, guard, text_messages
+from tokentrace.instrumentation._common import Call, field, fields, guard, text_messages
 
 _log = logging.getLogger(__name__)
 
@@ -30,10 +30,11 @@ def number(value: Any) -> TypeGuard[int | float]:
 
 def record_usage(call: Call, operation: str, usage: Any) -> None:
     """Token counts from an OpenAI ``usage`` object (response or final chunk)."""
-    # field(), not getattr(): usage objects lack some of these (embeddings have no
+    # fields(), not getattr(): usage objects lack some of these (embeddings have no
     # completion count) and pydantic is slow to say so.
-    prompt = field(usage, "prompt_tokens")
-    completion = field(usage, "completion_tokens")
+    get = fields(usage)
+    prompt = get("prompt_tokens")
+    completion = get("completion_tokens")
     if prompt == 0 and operation != A.OP_EMBEDDINGS:
         # Ollama's /v1 reports 0 prompt tokens on a prompt-cache hit (ollama#5370):
         # record that the prompt was cached rather than a false 0.
@@ -42,10 +43,10 @@ def record_usage(call: Call, operation: str, usage: Any) -> None:
     call.set_tokens(prompt, completion)
     if not call.recording:
         return
-    cached = field(field(usage, "prompt_tokens_details"), "cached_tokens")
+    cached = field(get("prompt_tokens_details"), "cached_tokens")
     if isinstance(cached, int):
         call.attrs[A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = cached
-    reasoning = field(field(usage, "completion_tokens_details"), "reasoning_tokens")
+    reasoning = field(get("completion_tokens_details"), "reasoning_tokens")
     if isinstance(reasoning, int):
         call.attrs[A.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = reasoning
 
@@ -126,14 +127,16 @@ class StreamState:
                 if self.chat:
                     delta = choice.delta
                     text = delta.content
-                    produced = bool(text) or bool(delta.tool_calls)
+                    if text or delta.tool_calls:  # content, or a tool call: produced
+                        self.content_chunks += 1
+                        if text and self.text is not None:
+                            self.text.append(text)
                 else:
                     text = choice.text
-                    produced = bool(text)
-                if produced:
-                    self.content_chunks += 1
-                    if self.text is not None and text:
-                        self.text.append(text)
+                    if text:
+                        self.content_chunks += 1
+                        if self.text is not None:
+                            self.text.append(text)
                 if choice.finish_reason:
                     self.reasons.append(choice.finish_reason)
                     self.extras.append(chunk)

@@ -57,6 +57,7 @@ from collections.abc import (
     Iterator,
     Mapping,
 )
+from time import perf_counter_ns
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -68,11 +69,14 @@ from tokentrace.instrumentation._common import (
     BaseInstrumentor,
     Call,
     Patcher,
-    ServerAttrs,
+    Server,
+    Servers,
     Telemetry,
+    base_url,
     chat_messages,
     enabled_context,
     guard,
+    start_call,
     telemetry_from,
     text_messages,
     to_json,
@@ -108,9 +112,7 @@ __all__ = ["DEFAULT_MIN_LOAD_MS", "OllamaInstrumentor"]
 class _Request:
     """What a call asked for, read from the request body ollama-python built."""
 
-    __slots__ = (
-        "attrs", "body", "context", "metric_attrs", "model", "operation", "server", "stream",
-    )  # fmt: skip
+    __slots__ = ("body", "context", "model", "operation", "server", "shape", "stream")
 
     def __init__(
         self,
@@ -118,63 +120,37 @@ class _Request:
         model: str,
         stream: bool,
         body: Mapping[str, Any],
-        server: Mapping[str, Any],
+        server: Server,
         context: otel_context.Context,
     ) -> None:
         self.operation = operation
         self.model = model
         self.stream = stream
         self.body = body
-        self.server = server  # server.address and server.port (shared: never mutated)
+        self.server = server
         self.context = context  # where the call was made: the span's parent
-        # One dict for the span's start and the metrics (neither mutates it); a
-        # stream's span has one more key, which the metrics do without.
-        attrs = {
-            A.GEN_AI_OPERATION_NAME: operation,
-            A.GEN_AI_PROVIDER_NAME: PROVIDER,
-            A.GEN_AI_REQUEST_MODEL: model,
-            **server,
-        }
-        self.metric_attrs = attrs
-        self.attrs = {**attrs, A.GEN_AI_REQUEST_STREAM: True} if stream else attrs
+        self.shape = server.shape(operation, model, stream)
 
     def start(self, telemetry: Telemetry) -> Call:
-        call = Call(
-            telemetry,
-            f"{self.operation} {self.model}",
-            SpanKind.CLIENT,
-            self.attrs,
-            self.context,
-            self.metric_attrs,
-        )
+        call = start_call(telemetry, self.shape, self.context)
         # ollama-python always sends an "options" key, usually None: nothing to read.
         if call.recording and (telemetry.capture_content or self.body.get("options")):
             guard(_record_request, call, self, telemetry.capture_content)
         return call
 
 
-def _server_attrs(url: Any) -> dict[str, Any]:
-    """``server.address`` and ``server.port`` of a client's base URL."""
+def _server(url: Any) -> Server:
+    """The server at a client's base URL: its ``server.address`` and ``server.port``."""
     attrs: dict[str, Any] = {}
     if url.host:
         attrs[A.SERVER_ADDRESS] = url.host
         port = url.port or _DEFAULT_PORTS.get(url.scheme)
         if port:
             attrs[A.SERVER_PORT] = port
-    return attrs
+    return Server(PROVIDER, attrs)
 
 
-_servers = ServerAttrs(_server_attrs)
-
-
-def _parse(
-    operation: str, instance: Any, kwargs: Mapping[str, Any], context: otel_context.Context
-) -> _Request:
-    body = kwargs.get("json") or {}
-    model = str(body.get("model") or "")
-    stream = bool(kwargs.get("stream", False))
-    server = _servers(instance._client.base_url)
-    return _Request(operation, model, stream, body, server, context)
+_servers = Servers(_server)
 
 
 def _record_request(call: Call, request: _Request, capture: bool) -> None:
@@ -237,13 +213,13 @@ def _record_response(
     load_ns = get("load_duration")
     if load_ns and load_ns >= min_load_ns:
         _load_span(call, request, int(load_ns))
-    if streamed_text is not None or _wants_output(call, request):
-        text = "".join(streamed_text) if streamed_text is not None else _reply_text(response)
-        attrs[A.GEN_AI_OUTPUT_MESSAGES] = text_messages("assistant", text, done_reason)
-
-
-def _wants_output(call: Call, request: _Request) -> bool:
-    return call.telemetry.capture_content and request.operation != A.OP_EMBEDDINGS
+    if streamed_text is not None:
+        text = "".join(streamed_text)
+    elif call.telemetry.capture_content and request.operation != A.OP_EMBEDDINGS:
+        text = _reply_text(response)
+    else:
+        return
+    attrs[A.GEN_AI_OUTPUT_MESSAGES] = text_messages("assistant", text, done_reason)
 
 
 def _load_span(call: Call, request: _Request, load_ns: int) -> None:
@@ -255,7 +231,7 @@ def _load_span(call: Call, request: _Request, load_ns: int) -> None:
         A.TT_LOAD_SOURCE: "server",
         A.TT_SERVER_LOAD_NS: load_ns,
     }
-    attrs.update(request.server)
+    attrs.update(request.server.attrs)
     span = call.telemetry.tracer.start_span(
         f"{A.OP_LOAD_MODEL} {request.model}",
         context=trace.set_span_in_context(call.span),
@@ -279,7 +255,11 @@ def _traced_stream(
     last = None
     try:
         for part in parts:
-            call.tick()
+            now = perf_counter_ns()  # Call.tick(), written out: the per-chunk path
+            if call.first_ns is None:
+                call.first_ns = now
+            call.last_ns = now
+            call.chunks += 1
             last = part
             if text is not None:
                 text.append(guard(_reply_text, part) or "")
@@ -303,7 +283,11 @@ async def _traced_astream(
     last = None
     try:
         async for part in parts:
-            call.tick()
+            now = perf_counter_ns()  # Call.tick(), written out: the per-chunk path
+            if call.first_ns is None:
+                call.first_ns = now
+            call.last_ns = now
+            call.chunks += 1
             last = part
             if text is not None:
                 text.append(guard(_reply_text, part) or "")
@@ -337,7 +321,11 @@ def _request_of(args: tuple[Any, ...], instance: Any, kwargs: Mapping[str, Any])
     if context is None:
         return None
     try:
-        return _parse(operation, instance, kwargs, context)
+        body = kwargs.get("json") or {}
+        model = str(body.get("model") or "")
+        stream = bool(kwargs.get("stream", False))
+        server = _servers(base_url(instance._client))
+        return _Request(operation, model, stream, body, server, context)
     except Exception:  # noqa: BLE001 - a request we cannot read is simply not traced
         return None
 

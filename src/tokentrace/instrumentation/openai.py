@@ -52,19 +52,21 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry.trace import SpanKind
 
 from tokentrace import attributes as A
 from tokentrace.instrumentation._common import (
     BaseInstrumentor,
     Call,
     Patcher,
-    ServerAttrs,
+    Server,
+    Servers,
     Telemetry,
+    base_url,
     chat_messages,
     enabled_context,
-    field,
+    fields,
     guard,
+    start_call,
     telemetry_from,
     to_json,
 )
@@ -122,13 +124,13 @@ def provider_for(host: str, port: int | None, overrides: tuple[tuple[str, str], 
 class _Request:
     """What a ``create()`` call asked for."""
 
-    __slots__ = ("attrs", "context", "kwargs", "metric_attrs", "model", "operation", "stream")
+    __slots__ = ("context", "kwargs", "model", "operation", "shape", "stream")
 
     def __init__(
         self,
         operation: str,
         kwargs: Mapping[str, Any],
-        server: Mapping[str, Any],
+        server: Server,
         context: otel_context.Context,
     ) -> None:
         self.operation = operation
@@ -136,26 +138,10 @@ class _Request:
         self.stream = kwargs.get("stream") is True
         self.kwargs = kwargs
         self.context = context  # where the call was made: the span's parent
-        # One dict for the span's start and the metrics (neither mutates it); a
-        # stream's span has one more key, which the metrics do without.
-        attrs = {
-            A.GEN_AI_OPERATION_NAME: operation,
-            A.GEN_AI_PROVIDER_NAME: server[A.GEN_AI_PROVIDER_NAME],
-            A.GEN_AI_REQUEST_MODEL: self.model,
-            **server,
-        }
-        self.metric_attrs = attrs
-        self.attrs = {**attrs, A.GEN_AI_REQUEST_STREAM: True} if self.stream else attrs
+        self.shape = server.shape(operation, self.model, self.stream)
 
     def start(self, telemetry: Telemetry) -> Call:
-        call = Call(
-            telemetry,
-            f"{self.operation} {self.model}",
-            SpanKind.CLIENT,
-            self.attrs,
-            self.context,
-            self.metric_attrs,
-        )
+        call = start_call(telemetry, self.shape, self.context)
         capture = telemetry.capture_content
         # Most calls set none of the request options recorded: nothing to read then.
         if call.recording and (capture or not _REQUEST_OPTIONS.isdisjoint(self.kwargs)):
@@ -163,44 +149,34 @@ class _Request:
         return call
 
 
-def _servers(overrides: tuple[tuple[str, str], ...]) -> ServerAttrs:
+def _servers(overrides: tuple[tuple[str, str], ...]) -> Servers:
     """Per base URL: ``gen_ai.provider.name``, ``server.address``, ``server.port``."""
 
-    def compute(url: Any) -> dict[str, Any]:
+    def compute(url: Any) -> Server:
         port = url.port or _DEFAULT_PORTS.get(url.scheme)
+        provider = provider_for(url.host, port, overrides)
         attrs: dict[str, Any] = {
-            A.GEN_AI_PROVIDER_NAME: provider_for(url.host, port, overrides),
+            A.GEN_AI_PROVIDER_NAME: provider,
             A.SERVER_ADDRESS: url.host,
         }
         if port:
             attrs[A.SERVER_PORT] = port
-        return attrs
+        return Server(provider, attrs)
 
-    return ServerAttrs(compute)
+    return Servers(compute)
 
 
 def _request_of(
-    instance: Any, kwargs: Mapping[str, Any], servers: ServerAttrs, operation: str
+    instance: Any, kwargs: Mapping[str, Any], servers: Servers, operation: str
 ) -> _Request | None:
     context = enabled_context()
     if context is None:
         return None
     try:
-        return _Request(operation, kwargs, servers(_base_url(instance._client)), context)
+        return _Request(operation, kwargs, servers(base_url(instance._client)), context)
     except Exception:  # noqa: BLE001 - a request we cannot read is simply not traced
         _log.debug("tokentrace: unreadable %s request", operation, exc_info=True)
         return None
-
-
-def _base_url(client: Any) -> Any:
-    """The client's base URL (an ``httpx.URL``).
-
-    Read from the instance when it is there: in recent ``openai`` releases the
-    ``base_url`` property imports a module on every read.
-    """
-    state = getattr(client, "__dict__", None)
-    url = state.get("_base_url") if state is not None else None
-    return url if url is not None else client.base_url
 
 
 def _record_request(call: Call, request: _Request, capture: bool) -> None:
@@ -227,22 +203,23 @@ def _input_messages(request: _Request) -> str:
 
 
 def _record_response(call: Call, request: _Request, response: Any) -> None:
-    # field(), not getattr(): an embeddings response has no id nor choices, and few
+    # fields(), not getattr(): an embeddings response has no id nor choices, and few
     # responses carry llama.cpp's timings; pydantic is slow to say so.
-    call.set_response_model(field(response, "model"))
-    usage = field(response, "usage")
+    get = fields(response)
+    call.set_response_model(get("model"))
+    usage = get("usage")
     if usage is not None:
         record_usage(call, request.operation, usage)
     if not call.recording:
         return
-    response_id = field(response, "id")
+    response_id = get("id")
     if isinstance(response_id, str):
         call.attrs[A.GEN_AI_RESPONSE_ID] = response_id
-    choices = field(response, "choices") or ()
+    choices = get("choices") or ()
     reasons = [c.finish_reason for c in choices if getattr(c, "finish_reason", None)]
     if reasons:
         call.attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = reasons
-    timings = field(response, "timings")
+    timings = get("timings")
     if timings is not None:
         record_llamacpp_timings(call, timings)
     if call.telemetry.capture_content and choices:

@@ -16,11 +16,15 @@ from openai.types.chat import ChatCompletion
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
+from tokentrace import attributes as A
 from tokentrace.instrumentation._common import (
     Patcher,
+    Server,
+    Servers,
     capture_content_default,
     enabled_context,
     field,
+    fields,
     guard,
 )
 from tokentrace.instrumentation._metrics import (
@@ -168,6 +172,43 @@ def test_field_reads_like_getattr_with_a_default() -> None:
         (Plain(), "nope"), (None, "x"), ({"a": 1}, "a"),
     ):  # fmt: skip
         assert field(obj, name) == getattr(obj, name, None), (obj, name)
+        assert fields(obj)(name) == field(obj, name), (obj, name)
+
+
+def test_shapes_are_built_once_and_keep_their_attributes() -> None:
+    urls = [object(), object()]
+    computed: list[object] = []
+
+    def compute(url: object) -> Server:
+        computed.append(url)
+        attrs = {A.GEN_AI_PROVIDER_NAME: "vllm", A.SERVER_ADDRESS: "h", A.SERVER_PORT: 8000}
+        return Server("vllm", attrs)
+
+    servers = Servers(compute)
+    server = servers(urls[0])
+    assert servers(urls[0]) is server and computed == [urls[0]]
+    shape = server.shape("chat", "m", False)
+    assert server.shape("chat", "m", False) is shape
+    assert shape.name == "chat m"
+    assert list(shape.attrs.items()) == [
+        (A.GEN_AI_OPERATION_NAME, "chat"), (A.GEN_AI_PROVIDER_NAME, "vllm"),
+        (A.GEN_AI_REQUEST_MODEL, "m"), (A.SERVER_ADDRESS, "h"), (A.SERVER_PORT, 8000),
+    ]  # fmt: skip
+    assert shape.metric_attrs is shape.attrs
+    stream = server.shape("chat", "m", True)
+    assert dict(stream.attrs) == {**shape.attrs, A.GEN_AI_REQUEST_STREAM: True}
+    assert dict(stream.metric_attrs) == dict(shape.metric_attrs)
+    attrs, (input_attrs, output_attrs) = shape.for_response_model("m-2")
+    assert dict(attrs) == {**shape.metric_attrs, A.GEN_AI_RESPONSE_MODEL: "m-2"}
+    assert dict(input_attrs) == {**attrs, A.GEN_AI_TOKEN_TYPE: "input"}
+    assert dict(output_attrs) == {**attrs, A.GEN_AI_TOKEN_TYPE: "output"}
+    assert shape.for_response_model("m-2")[0] is attrs
+    assert A.GEN_AI_RESPONSE_MODEL not in shape.metric_attrs  # never mutated
+    for i in range(1000):  # bounded: many models do not grow the caches without end
+        server.shape("chat", f"model-{i}", False)
+        shape.for_response_model(f"r-{i}")
+    assert len(server._shapes) <= Server._MAX
+    assert len(shape._responses) <= shape._MAX
 
 
 def test_enabled_context_is_none_when_suppressed() -> None:
