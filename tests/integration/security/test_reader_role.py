@@ -23,7 +23,7 @@ from tokentrace.store.writer import SpanWriter
 # Functions that only compute (no table access): SECURITY INVOKER, callable by anyone.
 PURE = {
     "bucket_floor", "bucket_ceil", "mpt_bin", "mpt_value", "mpt_merge", "mpt_quantile",
-    "report_function_names",
+    "mpt_unit", "mpt_pack", "mpt_digits", "mpt_unpack", "report_function_names",
 }  # fmt: skip
 # Functions that change things: SECURITY INVOKER, no EXECUTE for PUBLIC or readers.
 WRITE = {
@@ -36,6 +36,7 @@ CALLS = {
     "rollup_retention_days": "SELECT tokentrace.rollup_retention_days()",
     "raw_horizon": "SELECT tokentrace.raw_horizon()::text",  # -infinity until the first prune
     "span_summary": "SELECT * FROM tokentrace.span_summary(now() - interval '2 days', now(), '1 hour')",
+    "span_values": "SELECT * FROM tokentrace.span_values(now() - interval '2 days', now())",
     "window_plan": "SELECT * FROM tokentrace.window_plan(now() - interval '2 days', now())",
     "window_parts": "SELECT * FROM tokentrace.window_parts(now() - interval '2 days', now())",
     "efficiency": "SELECT * FROM tokentrace.efficiency('2 days', 'reader-model')",
