@@ -13,7 +13,7 @@ negative, non-finite or non-integral token count reads as *missing*.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from tokentrace import attributes as A
@@ -160,54 +160,70 @@ def _text(value: Any) -> str | None:
     return None
 
 
-def _first(attrs: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+# The helpers below take ``attrs.get`` rather than ``attrs``: normalize runs once per
+# span stored (twice with the processor), and one bound method serves every lookup.
+# A missing key and a None value read the same (as missing) in every one of them.
+_Get = Callable[[str], Any]
+
+
+def _first(get: _Get, keys: tuple[str, ...]) -> Any:
     for key in keys:
-        value = attrs.get(key)
+        value = get(key)
         if value is not None:
             return value
     return None
 
 
-def _first_count(attrs: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
+def _first_count(get: _Get, keys: tuple[str, ...]) -> int | None:
     for key in keys:
-        if key in attrs:
-            count = as_token_count(attrs[key])
-            if count is not None:
-                return count
+        value = get(key)
+        if value is None:
+            continue
+        if type(value) is int:  # as_token_count's common case, without the call
+            if 0 <= value <= MAX_TOKENS:
+                return value
+            continue
+        count = as_token_count(value)
+        if count is not None:
+            return count
     return None
 
 
-def _first_text(attrs: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
+def _first_text(get: _Get, keys: tuple[str, ...]) -> str | None:
     for key in keys:
-        text = _text(attrs.get(key))
-        if text is not None:
-            return text
+        value = get(key)
+        if isinstance(value, str):  # _text, inlined
+            value = value.strip()
+            if value:
+                return value
     return None
 
 
-def _operation(attrs: Mapping[str, Any]) -> str | None:
-    op = _text(attrs.get(A.GEN_AI_OPERATION_NAME))
+def _operation(get: _Get) -> str | None:
+    op = _text(get(A.GEN_AI_OPERATION_NAME))
     if op is not None:
         return op
-    request_type = _text(attrs.get(A.LLM_REQUEST_TYPE))
+    request_type = _text(get(A.LLM_REQUEST_TYPE))
     if request_type is not None:
         return _LLM_REQUEST_TYPES.get(request_type.lower(), request_type.lower())
-    kind = _text(attrs.get(A.OPENINFERENCE_SPAN_KIND))
+    kind = _text(get(A.OPENINFERENCE_SPAN_KIND))
     if kind is not None:
         return _OPENINFERENCE_KINDS.get(kind.upper())
     return None
 
 
-def _provider(attrs: Mapping[str, Any]) -> str | None:
-    provider = _first_text(attrs, PROVIDER_KEYS)
+def _provider(get: _Get) -> str | None:
+    provider = _first_text(get, PROVIDER_KEYS)
     if provider is None:
         return None
     provider = provider.lower()
     return _PROVIDER_ALIASES.get(provider, provider)
 
 
-def _stream(attrs: Mapping[str, Any]) -> bool | None:
-    value = _first(attrs, STREAM_KEYS)
+def _stream(get: _Get) -> bool | None:
+    value = _first(get, STREAM_KEYS)
+    if value is None:  # the common case: no stream attribute at all
+        return None
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -215,12 +231,12 @@ def _stream(attrs: Mapping[str, Any]) -> bool | None:
     return None
 
 
-def _ttft_s(attrs: Mapping[str, Any], stream: bool | None) -> float | None:
-    ttft = as_number(attrs.get(A.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK))
+def _ttft_s(get: _Get, stream: bool | None) -> float | None:
+    ttft = as_number(get(A.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK))
     if ttft is not None:
         return ttft
     # OpenLIT writes 0.0 here for non-streamed calls: that is "unknown", not instant.
-    openlit = as_number(attrs.get(A.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN))
+    openlit = as_number(get(A.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN))
     if openlit is not None and openlit > 0 and stream is not False:
         return openlit
     return None
@@ -228,17 +244,25 @@ def _ttft_s(attrs: Mapping[str, Any], stream: bool | None) -> float | None:
 
 def normalize(attrs: Mapping[str, Any]) -> GenAIFacts:
     """Read the canonical GenAI facts from attributes in any supported dialect."""
-    stream = _stream(attrs)
-    # Positional: this runs once per span stored.
-    return GenAIFacts(
-        _operation(attrs),
-        _provider(attrs),
-        _first_text(attrs, REQUEST_MODEL_KEYS),
-        _first_text(attrs, RESPONSE_MODEL_KEYS),
-        _first_count(attrs, INPUT_TOKEN_KEYS),
-        _first_count(attrs, OUTPUT_TOKEN_KEYS),
-        _first_count(attrs, CACHE_READ_KEYS),
-        _first_count(attrs, REASONING_KEYS),
-        stream,
-        _ttft_s(attrs, stream),
+    get = attrs.get
+    stream = _stream(get)
+    # Positional, and tuple.__new__ without GenAIFacts.__new__'s Python frame: this
+    # runs once per span stored.
+    return _new_facts(
+        GenAIFacts,
+        (
+            _operation(get),
+            _provider(get),
+            _first_text(get, REQUEST_MODEL_KEYS),
+            _first_text(get, RESPONSE_MODEL_KEYS),
+            _first_count(get, INPUT_TOKEN_KEYS),
+            _first_count(get, OUTPUT_TOKEN_KEYS),
+            _first_count(get, CACHE_READ_KEYS),
+            _first_count(get, REASONING_KEYS),
+            stream,
+            _ttft_s(get, stream),
+        ),
     )
+
+
+_new_facts = tuple.__new__

@@ -22,7 +22,7 @@ or returns infinity.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from tokentrace import attributes as A
@@ -55,9 +55,23 @@ class Efficiency(NamedTuple):
 
     def add_to(self, attributes: dict[str, Any]) -> None:
         """Set the known figures as ``tokentrace.*`` attributes of ``attributes``."""
-        for key, value in zip(_ATTRIBUTE_KEYS, self):
-            if value is not None:
-                attributes[key] = value
+        # Unrolled, in field order (as _ATTRIBUTE_KEYS): a loop over zip() costs about
+        # twice as much, and this runs once per span stored.
+        inference_ms, ms_per_token, prefill, decode, ttft_ms, load_ms, token_source = self
+        if inference_ms is not None:
+            attributes[A.TT_INFERENCE_MS] = inference_ms
+        if ms_per_token is not None:
+            attributes[A.TT_MS_PER_TOKEN] = ms_per_token
+        if prefill is not None:
+            attributes[A.TT_PREFILL_MS_PER_TOKEN] = prefill
+        if decode is not None:
+            attributes[A.TT_DECODE_MS_PER_TOKEN] = decode
+        if ttft_ms is not None:
+            attributes[A.TT_TTFT_MS] = ttft_ms
+        if load_ms is not None:
+            attributes[A.TT_LOAD_MS] = load_ms
+        if token_source is not None:
+            attributes[A.TT_TOKEN_SOURCE] = token_source
 
 
 # In field order.
@@ -85,30 +99,32 @@ def _ns_to_ms(value: Any) -> float | None:
     return None if ns is None else ns / _NS_PER_MS
 
 
-def _token_source(facts: GenAIFacts, attrs: Mapping[str, Any]) -> str:
-    declared = attrs.get(A.TT_TOKEN_SOURCE)
+def _token_source(declared: Any, output_tokens: int | None) -> str:
     if isinstance(declared, str) and declared in _VALID_SOURCES:
         return declared
-    return A.SOURCE_REPORTED if facts.output_tokens is not None else A.SOURCE_MISSING
+    return A.SOURCE_REPORTED if output_tokens is not None else A.SOURCE_MISSING
 
 
-def _decode(facts: GenAIFacts, attrs: Mapping[str, Any]) -> float | None:
-    server = per_token(_ns_to_ms(attrs.get(A.TT_SERVER_EVAL_NS)), facts.output_tokens)
-    if server is not None:
-        return server
-    generation_ms = as_number(attrs.get(A.TT_STREAM_GENERATION_MS))
-    if facts.output_tokens is None or facts.output_tokens < 2:
+def _decode(get: Callable[[str], Any], output_tokens: int | None) -> float | None:
+    eval_ns = get(A.TT_SERVER_EVAL_NS)
+    if eval_ns is not None:  # as_number(None) is None: most spans skip the call
+        server = per_token(_ns_to_ms(eval_ns), output_tokens)
+        if server is not None:
+            return server
+    generation = get(A.TT_STREAM_GENERATION_MS)
+    if output_tokens is None or output_tokens < 2 or generation is None:
         return None
-    return per_token(generation_ms, facts.output_tokens - 1)
+    return per_token(as_number(generation), output_tokens - 1)
 
 
-def _ttft_ms(facts: GenAIFacts, attrs: Mapping[str, Any]) -> float | None:
-    explicit = as_number(attrs.get(A.TT_TTFT_MS))
+def _ttft_ms(explicit: Any, ttft_s: float | None) -> float | None:
     if explicit is not None:
-        return explicit
-    if facts.ttft_s is None:
+        ms = as_number(explicit)
+        if ms is not None:
+            return ms
+    if ttft_s is None:
         return None
-    ms = facts.ttft_s * 1000.0
+    ms = ttft_s * 1000.0
     return ms if ms < _INF else None  # a finite number of seconds can overflow in ms
 
 
@@ -118,19 +134,32 @@ def derive(facts: GenAIFacts, attrs: Mapping[str, Any], duration_ms: float | Non
     ``duration_ms`` is the span's wall time (None or negative when its end is
     before its start). Spans that are not GenAI spans derive nothing.
     """
-    if not facts.is_genai and facts.output_tokens is None:
-        return _NOTHING
+    # Unpacked once: reading a named tuple's fields one by one costs a call each.
+    operation, _, request_model, response_model, input_tokens, output_tokens = facts[:6]
+    ttft_s = facts[9]
+    if operation is None and (response_model or request_model) is None and output_tokens is None:
+        return _NOTHING  # not facts.is_genai, and no output tokens
     wall_ms = duration_ms if duration_ms is not None and duration_ms >= 0 else None
-    if facts.operation == A.OP_LOAD_MODEL:
+    if operation == A.OP_LOAD_MODEL:
         return Efficiency(load_ms=wall_ms)
-    load_ms = _ns_to_ms(attrs.get(A.TT_SERVER_LOAD_NS))
+    get = attrs.get
+    # Absent timings are the common case; as_number(None) is None, so the calls are skipped.
+    load_ns = get(A.TT_SERVER_LOAD_NS)
+    load_ms = None if load_ns is None else _ns_to_ms(load_ns)
     inference_ms = None if wall_ms is None else max(wall_ms - (load_ms or 0.0), 0.0)
-    return Efficiency(  # positional: this runs once per span stored
-        inference_ms,
-        per_token(inference_ms, facts.output_tokens),
-        per_token(_ns_to_ms(attrs.get(A.TT_SERVER_PROMPT_EVAL_NS)), facts.input_tokens),
-        _decode(facts, attrs),
-        _ttft_ms(facts, attrs),
-        load_ms or None,
-        _token_source(facts, attrs),
+    prompt_ns = get(A.TT_SERVER_PROMPT_EVAL_NS)
+    return _new_efficiency(  # positional, without Efficiency.__new__'s frame: once per span
+        Efficiency,
+        (
+            inference_ms,
+            per_token(inference_ms, output_tokens),
+            None if prompt_ns is None else per_token(_ns_to_ms(prompt_ns), input_tokens),
+            _decode(get, output_tokens),
+            _ttft_ms(get(A.TT_TTFT_MS), ttft_s),
+            load_ms or None,
+            _token_source(get(A.TT_TOKEN_SOURCE), output_tokens),
+        ),
     )
+
+
+_new_efficiency = tuple.__new__

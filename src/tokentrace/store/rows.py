@@ -25,7 +25,7 @@ import orjson
 
 from tokentrace import attributes as A
 from tokentrace.dialects import normalize
-from tokentrace.efficiency import derive
+from tokentrace.efficiency import Efficiency, derive
 
 COLUMNS: tuple[str, ...] = (
     "trace_id", "span_id", "parent_span_id", "name", "kind", "service_name",
@@ -175,6 +175,8 @@ class _Sanitizer:
         return self.text(where, str(value))
 
     def mapping(self, items: Mapping[str, Any]) -> dict[str, Any]:
+        if type(items) is dict and _PLAIN_KEYS.issuperset(items):
+            return self._known_keys(items)
         clean: dict[str, Any] = {}
         limit = self.limit
         for key, value in items.items():
@@ -197,6 +199,26 @@ class _Sanitizer:
                 # Changes are labelled with the cleaned key: the labels are stored too.
                 value = self._other(clean_key[:80], value, 0)
             clean[clean_key] = value
+        return clean
+
+    def _known_keys(self, items: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`mapping` of a dict whose keys are all in ``_PLAIN_KEYS`` (the usual span).
+
+        Its keys need no check, so the dict is copied in C and only the values that
+        need a change are replaced, in place: the same keys, order and values as
+        :meth:`mapping` builds one key at a time.
+        """
+        clean = items.copy()
+        limit = self.limit
+        for key, value in items.items():
+            kind = type(value)
+            if kind is str:
+                if len(value) > limit or not value.isascii() or "\x00" in value:
+                    clean[key] = self.text(key[:80], value)
+            elif kind is tuple and _plain_items(value, limit):
+                clean[key] = list(value)
+            elif not (kind is int or kind is bool or value is None or (kind is float and _isfinite(value))):
+                clean[key] = self._other(key[:80], value, 0)
         return clean
 
 
@@ -282,8 +304,8 @@ def build_row(
         _check_ids(data)  # refused before any work, as always
         resource = clean_mapping(data.resource, max_value_chars)
     head, attrs, problems = _row(data, max_value_chars, resource)
-    values = (*head, attrs, resource.values)
-    return BuiltRow(values=values, problems=problems, start_time=head[_START])
+    # ``+`` of two tuples is about twice as fast as unpacking one into a display.
+    return BuiltRow(head + (attrs, resource.values), problems, head[_START])
 
 
 def build_wire_row(
@@ -299,7 +321,7 @@ def build_wire_row(
     CPU per span end to end.
     """
     head, attrs, problems = _row(data, max_value_chars, resource)
-    return (*head, jsonb(attrs), resource.jsonb or jsonb(resource.values)), problems
+    return head + (jsonb(attrs), resource.jsonb or jsonb(resource.values)), problems
 
 
 def _row(
@@ -320,13 +342,16 @@ def _row(
         attrs[A.TT_SANITIZED] = clean.changed[:20]
     clean.changed.extend(resource.changes)
     service = resource.values.get(A.SERVICE_NAME)
-    start = ns_to_datetime(data.start_ns)
+    # ns_to_datetime, inlined (twice a span): (days, seconds, µs) positional is fastest.
+    start = _EPOCH + _timedelta(0, 0, data.start_ns // 1000)
+    # Unpacked at once: a named tuple's fields (and GenAIFacts.model) cost a call each.
+    operation, provider, request_model, response_model, input_tokens, output_tokens = facts[:6]
     name, service, operation, provider, model, error_type = clean.columns(
         data.name,
         service if isinstance(service, str) else None,
-        facts.operation,
-        facts.provider,
-        facts.model,
+        operation,
+        provider,
+        response_model or request_model,  # GenAIFacts.model
         _error_type(data, attrs),
     )
     head = (
@@ -340,21 +365,17 @@ def _row(
         provider,
         model,
         start,
-        ns_to_datetime(data.end_ns),
+        _EPOCH + _timedelta(0, 0, data.end_ns // 1000),
         duration_ms,
-        facts.input_tokens,
-        facts.output_tokens,
-        eff.inference_ms,
-        eff.ms_per_token,
-        eff.prefill_ms_per_token,
-        eff.decode_ms_per_token,
-        eff.ttft_ms,
-        eff.load_ms,
-        eff.token_source,
-        data.status,
-        error_type,
+        input_tokens,
+        output_tokens,
     )
-    return head, attrs, clean.changed
+    # Efficiency's fields are the next seven columns, in the same order (see _EFFICIENCY).
+    return head + eff + (data.status, error_type), attrs, clean.changed
+
+
+_EFFICIENCY = slice(COLUMNS.index("inference_ms"), COLUMNS.index("token_source") + 1)
+assert COLUMNS[_EFFICIENCY] == Efficiency._fields, "the columns follow Efficiency's fields"
 
 
 # ``json.dumps`` with these options builds a new encoder on every call; one is enough.
@@ -385,7 +406,10 @@ def jsonb(value: Any) -> bytes:
     Byte for byte what psycopg's ``JsonbBinaryDumper`` sends for ``Jsonb(value)``,
     without a Python dumper call per value.
     """
-    return b"\x01" + dumps_bytes(value)
+    try:  # dumps_bytes, inlined: this runs once per span stored
+        return b"\x01" + orjson.dumps(value)
+    except TypeError:
+        return b"\x01" + _JSON.encode(value).encode()
 
 
 def wire_row(row: BuiltRow, resource_jsonb: bytes | None = None) -> WireRow:
@@ -399,7 +423,7 @@ def wire_row(row: BuiltRow, resource_jsonb: bytes | None = None) -> WireRow:
     """
     values = row.values
     resource = jsonb(values[-1]) if resource_jsonb is None else resource_jsonb
-    return (*values[:_ATTRIBUTES], jsonb(values[_ATTRIBUTES]), resource)
+    return values[:_ATTRIBUTES] + (jsonb(values[_ATTRIBUTES]), resource)
 
 
 def wire_rows(rows: Sequence[BuiltRow]) -> list[WireRow]:

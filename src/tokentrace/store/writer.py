@@ -24,12 +24,13 @@ import datetime as dt
 import logging
 import queue
 import threading
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import Copy
 from psycopg.types.string import BytesBinaryDumper
 
 from tokentrace.store.connection import connect
@@ -167,7 +168,7 @@ class SpanWriter:
         with self._connection() as conn:
             self._ensure_partitions(conn, days)
             try:
-                _copy(conn, _COPY_SPANS, _kept(pending, written))
+                _copy(conn, _COPY_SPANS, pending, written.append)
                 conn.commit()
             except _REFUSALS:
                 # A duplicate or a refused row: take the careful path with all the rows.
@@ -237,12 +238,6 @@ class SpanWriter:
 _REFUSALS = (psycopg.DataError, psycopg.errors.IntegrityError, psycopg.errors.ProgramLimitExceeded)
 
 
-def _kept(rows: Iterator[WireRow], written: list[WireRow]) -> Iterator[WireRow]:
-    for row in rows:
-        written.append(row)
-        yield row
-
-
 def _in_key_order(rows: Sequence[WireRow]) -> list[tuple[int, WireRow]]:
     # Writers that insert overlapping batches (the same spans retried to two receivers)
     # take the key locks in the same order, so they wait on each other instead of
@@ -250,16 +245,44 @@ def _in_key_order(rows: Sequence[WireRow]) -> list[tuple[int, WireRow]]:
     return sorted(enumerate(rows), key=lambda item: (item[1][_START], item[1][_TRACE_ID], item[1][_SPAN_ID]))
 
 
-def _copy(conn: Conn, statement: str, rows: Iterable[WireRow]) -> None:
+def _copy(
+    conn: Conn,
+    statement: str,
+    rows: Iterable[WireRow],
+    keep: Callable[[WireRow], None] | None = None,
+) -> None:
+    """COPY ``rows``; ``keep`` is called with each row just before it is sent."""
     with conn.cursor() as cur:
         # For bytea, psycopg's default dumper by type is a Python one (it also accepts
         # the DB-API ``Binary`` wrapper); plain bytes are all we send, so the C one does.
         cur.adapters.register_dumper(bytes, BytesBinaryDumper)
         with cur.copy(statement) as copy:
             copy.set_types(_WIRE_TYPES)
-            write_row = copy.write_row
-            for row in rows:
-                write_row(row)
+            _send(copy, rows, keep)
+
+
+def _send(copy: Copy, rows: Iterable[WireRow], keep: Callable[[WireRow], None] | None) -> None:
+    # ``Copy.write_row(row)`` is ``formatter.write_row(row)`` (which returns a full
+    # buffer now and then) plus a write of that buffer. Calling the formatter here
+    # saves a Python call per row; the buffers go through the public ``Copy.write``,
+    # which in binary format passes them on unchanged.
+    formatter = getattr(copy, "formatter", None)
+    if not callable(getattr(formatter, "write_row", None)):  # another psycopg: the public way
+        for row in rows:
+            if keep is not None:
+                keep(row)
+            copy.write_row(row)
+        return
+    write_row, write = formatter.write_row, copy.write  # type: ignore[union-attr]
+    if keep is None:
+        for row in rows:
+            if data := write_row(row):
+                write(data)
+    else:
+        for row in rows:
+            keep(row)
+            if data := write_row(row):
+                write(data)
 
 
 def row_name(row: WireRow) -> str:
