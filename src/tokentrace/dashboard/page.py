@@ -191,9 +191,8 @@ def _card(title: str, sub: str, body: str, *, head_extra: str = "", css: str = "
 
 
 def _efficiency_card(data: PageData, zone: timeaxis.Zone) -> str:
-    start = data.now - dt.timedelta(hours=data.window.hours)
     chart = charts.efficiency_over_time(
-        data.series, data.colour, start=start, end=data.now, buckets=data.window.buckets, zone=zone
+        data.series, data.colour, start=data.start, end=data.end, buckets=data.window.buckets, zone=zone
     )
     shown = sorted({r["model"] for r in data.series if r.get("weighted_ms_per_token") is not None},
                    key=lambda m: data.colour.get(m, 0))  # fmt: skip

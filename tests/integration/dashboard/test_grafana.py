@@ -88,6 +88,25 @@ def test_time_series_panels_answer_time_metric_value(fleet_db: str) -> None:
             assert times == sorted(times)
 
 
+@pytest.mark.parametrize("interval_ms", [60_000, 600_000, 3_600_000])
+def test_time_series_panels_equal_the_raw_series(fleet_db: str, interval_ms: int) -> None:
+    """On Grafana's interval grid the rollups answer (from 5-minute intervals on); the
+    figures are the raw series' (calls exactly, ms/token to 1e-9)."""
+    end = dt.datetime.now(dt.timezone.utc)
+    board = _dashboard()
+    panels = {p["title"]: p["targets"][0]["rawSql"] for p in board["panels"]}
+    with reports.report_connection(fleet_db) as conn:
+        for title in ("Calls per interval", "Latency per output token (token-weighted)"):
+            sql = expand(panels[title], start=end - dt.timedelta(hours=24), end=end, model="__all",
+                         interval_ms=interval_ms)  # fmt: skip
+            raw = sql.replace("tokentrace.efficiency_series_range(", "tokentrace.efficiency_series_raw(")
+            assert raw != sql
+            mine, want = conn.execute(sql.encode()).fetchall(), conn.execute(raw.encode()).fetchall()
+            assert mine and [r[:2] for r in mine] == [r[:2] for r in want], title
+            for a, b in zip(mine, want):
+                assert a[2] == pytest.approx(b[2], rel=1e-9), (title, a, b)
+
+
 def test_the_model_variable_lists_models(fleet_db: str) -> None:
     variable = _dashboard()["templating"]["list"][0]
     with reports.report_connection(fleet_db) as conn:

@@ -28,7 +28,7 @@ PURE = {
 # Functions that change things: SECURITY INVOKER, no EXECUTE for PUBLIC or readers.
 WRITE = {
     "ensure_partitions", "prune", "rebuild_rollups", "rollup_new_spans", "grant_reader",
-    "secure_report_functions",
+    "secure_report_functions", "fill_rollup_totals",
 }  # fmt: skip
 # How a reader calls each report function (tokentrace.report_function_names()).
 CALLS = {
@@ -43,8 +43,13 @@ CALLS = {
     "efficiency_range": "SELECT * FROM tokentrace.efficiency_range(now() - interval '2 days')",
     "efficiency_change": "SELECT * FROM tokentrace.efficiency_change('1 hour', '2 days')",
     "efficiency_series": "SELECT * FROM tokentrace.efficiency_series('2 days', '1 hour')",
+    # Buckets on the hour: answered from the rollups (0080).
     "efficiency_series_range": (
-        "SELECT * FROM tokentrace.efficiency_series_range(now() - interval '2 days', now(), '1 hour')"
+        "SELECT * FROM tokentrace.efficiency_series_range("
+        "date_bin('1 hour', now() - interval '2 days', '2000-01-01'), 'infinity', '1 hour')"
+    ),
+    "efficiency_series_raw": (
+        "SELECT * FROM tokentrace.efficiency_series_raw(now() - interval '2 days', now(), '1 hour')"
     ),
     "span_time_bounds": "SELECT * FROM tokentrace.span_time_bounds()",
     "relation_growth": "SELECT * FROM tokentrace.relation_growth(now() - interval '1 day')",
@@ -304,7 +309,12 @@ def test_every_function_is_classified_and_only_report_functions_run_as_their_own
     for name, definer, config, public in rows:
         if name in names:
             assert definer, name
-            assert config == ["search_path=pg_catalog, tokentrace, pg_temp"], (name, config)
+            # A fixed search_path; besides it, only a planner setting (0070, 0080).
+            assert "search_path=pg_catalog, tokentrace, pg_temp" in config, (name, config)
+            assert set(config) <= {
+                "search_path=pg_catalog, tokentrace, pg_temp",
+                "plan_cache_mode=force_generic_plan",
+            }, (name, config)
         else:
             assert not definer, f"{name} runs as its owner but is not a report function"
         if name in WRITE - {"rollup_new_spans"}:
