@@ -21,7 +21,10 @@ prune
     ahead of now, so phase 1 is its two ALTER TABLEs by hand), with the time the
     filesystem alone takes to free a file of the partition's size. On the busy days,
     a 24-hour ``efficiency_range()`` window against its raw scan too. With the
-    reports, ``efficiency_range()`` from starts at eight times of day (rollups vs raw).
+    reports, ``efficiency_range()`` from starts at eight times of day (rollups vs raw),
+    and the dashboard's three charts (24 h in 30-minute, 7 d in 4-hour and 60 d in
+    daily buckets, on the rollup grid as the page lays them):
+    ``efficiency_series_range()`` from rollups against ``efficiency_series_raw()``.
 ingest
     the rollups' write cost: batches of real writer rows (``build_row`` → the writer's
     binary ``COPY`` → commit) with no trigger, a no-op transition-table trigger (what
@@ -300,6 +303,37 @@ def time_of_day_sweep(dsn: str, runs: int, raw_runs: int) -> list[dict[str, floa
                 f"raw scan {raw_ms:8.1f} ms",
                 flush=True,
             )
+    return out
+
+
+# The dashboard's charts (tokentrace.dashboard.data.chart_range): each window in its
+# buckets, laid on the rollup grid, against the same range read from raw spans.
+SERIES = {
+    "24 h in 30-minute buckets": ("24 hours", "30 minutes", "5 minutes"),
+    "7 d in 4-hour buckets": ("7 days", "4 hours", "1 hour"),
+    "60 d in daily buckets": ("60 days", "1 day", "1 day"),
+}
+
+
+def time_series(dsn: str, runs: int, raw_runs: int) -> dict[str, dict[str, float]]:
+    """Median ms of efficiency_series_range() over each dashboard chart's range (from
+    rollups, migration 0080) and of efficiency_series_raw() over the same range."""
+    out: dict[str, dict[str, float]] = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET jit = off")
+        for label, (window, bucket, grain) in SERIES.items():
+            args = (
+                f"date_bin('{grain}', now() + interval '{grain}' - interval '1 microsecond', "
+                f"'2000-01-01 00:00:00+00') - interval '{window}', 'infinity', '{bucket}'"
+            )
+            rollup_ms = _median_ms(
+                _query(conn, f"SELECT * FROM tokentrace.efficiency_series_range({args})"), runs
+            )
+            raw_ms = _median_ms(
+                _query(conn, f"SELECT * FROM tokentrace.efficiency_series_raw({args})"), raw_runs
+            )
+            out[label] = {"rollup_ms": rollup_ms, "raw_ms": raw_ms}
+            print(f"    series {label:26s} {rollup_ms:8.1f} ms   raw scan {raw_ms:10.1f} ms", flush=True)
     return out
 
 
@@ -708,6 +742,20 @@ def _reports_table(results: dict[str, Any]) -> list[str]:
 def _rest(results: dict[str, Any]) -> list[str]:
     sizes: list[int] = results["sizes"]
     lines: list[str] = []
+    if results.get("series"):
+        lines += [
+            "",
+            f"The dashboard's series at {sizes[-1] / 1e6:g} M (`efficiency_series_range()` on the "
+            "rollup grid vs `efficiency_series_raw()`, same range):",
+            "",
+            "| chart | rollups | raw scan | speed-up |",
+            "|---|---|---|---|",
+        ]
+        for label, r in results["series"].items():
+            lines.append(
+                f"| {label} | {r['rollup_ms']:.1f} ms | {r['raw_ms']:,.0f} ms | "
+                f"{r['raw_ms'] / r['rollup_ms']:,.0f}× |"
+            )
     if results.get("sweep"):
         lines += [
             "",
@@ -860,12 +908,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["equal"][str(size)] = check_equal(dsn)
         if "reports" in phases and sizes:
             results["sweep"] = time_of_day_sweep(dsn, 7 if args.quick else 11, args.raw_runs)
+            results["series"] = time_series(dsn, 5 if args.quick else 7, 1 if args.quick else 2)
         if "prune" in phases:
             results["prune"] = time_prune(dsn, 100_000 if args.quick else 2_000_000)
         if "ingest" in phases:
             results["ingest"] = [
                 time_ingest(dsn, 512, 16 if args.quick else 64),
-                time_ingest(dsn, 8192, 2 if args.quick else 8),
+                time_ingest(dsn, 8192, 2 if args.quick else 24),
             ]
     results["wall_s"] = time.perf_counter() - started
     results["date"] = subprocess.run(
