@@ -745,8 +745,10 @@ def _rest(results: dict[str, Any]) -> list[str]:
     if results.get("series"):
         lines += [
             "",
-            f"The dashboard's series at {sizes[-1] / 1e6:g} M (`efficiency_series_range()` on the "
-            "rollup grid vs `efficiency_series_raw()`, same range):",
+            (
+                f"The dashboard's series at {sizes[-1] / 1e6:g} M (`efficiency_series_range()` on "
+                "the rollup grid vs `efficiency_series_raw()`, same range):"
+            ),
             "",
             "| chart | rollups | raw scan | speed-up |",
             "|---|---|---|---|",

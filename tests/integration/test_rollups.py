@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from psycopg.rows import dict_row
 
-from tests.helpers import query
+from tests.helpers import own_database, query
 from tokentrace import reports, retention
 from tokentrace.config import ConfigError
 from tokentrace.exporter import PostgresSpanExporter
@@ -127,8 +127,16 @@ def _attributes(rng: random.Random, model: str) -> tuple[dict[str, Any], float]:
     return attrs, seconds
 
 
-def _row(rng: random.Random, at: dt.datetime, model: str | None = None) -> BuiltRow:
+def _row(
+    rng: random.Random,
+    at: dt.datetime,
+    model: str | None = None,
+    more: Callable[[random.Random, dict[str, Any], float], None] | None = None,
+) -> BuiltRow:
+    """A random span at ``at``; ``more`` may add attributes (given the span's seconds)."""
     attrs, seconds = _attributes(rng, model or rng.choice(MODELS))
+    if more is not None:
+        more(rng, attrs, seconds)
     start = _ns(at)
     data = SpanData(
         trace_id=rng.randbytes(15) + b"\x01",
@@ -174,19 +182,12 @@ def history(
     tmp_path_factory: pytest.TempPathFactory, dsn: str
 ) -> Iterator[tuple[str, dt.datetime]]:
     """A database of its own with ~5,000 random spans over 90 days, written by the writer."""
-    name = "tt_rollups_history"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    url = psycopg.conninfo.make_conninfo(dsn, dbname=name)
-    migrate(url)
-    rng = random.Random(20261124)
-    now = dt.datetime.now(UTC)
-    rows = [_row(rng, at) for at in _instants(rng, now, 90, 4800)]
-    assert _write(url, rows) == len(rows)
-    yield url, now
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with own_database(dsn, "tt_rollups_history") as url:
+        rng = random.Random(20261124)
+        now = dt.datetime.now(UTC)
+        rows = [_row(rng, at) for at in _instants(rng, now, 90, 4800)]
+        assert _write(url, rows) == len(rows)
+        yield url, now
 
 
 # --- comparing -------------------------------------------------------------------

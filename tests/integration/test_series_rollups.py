@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from tests.helpers import own_database
 from tests.integration.test_rollups import RESOLUTION, _close, _instants, _row, _write
 from tokentrace.store.migrate import migrate
 from tokentrace.store.rows import BuiltRow
@@ -30,47 +31,25 @@ FLOATS = (
 INTS = ("calls", "input_tokens", "output_tokens", "loads", "errors")
 
 
-def _with_prefill(rng: random.Random, row: BuiltRow, at: dt.datetime) -> BuiltRow:
+def _prefill(rng: random.Random, attrs: dict[str, Any], seconds: float) -> None:
     """Half the calls also report the server's prompt evaluation time (prefill)."""
-    from tests.integration.test_rollups import _attributes
-    from tokentrace.store.rows import SpanData, build_row
-
-    attrs, seconds = _attributes(rng, rng.choice(("llama3.2", "qwen2.5", "mistral")))
     if attrs.get("gen_ai.usage.input_tokens") and rng.random() < 0.5:
         attrs["tokentrace.server.prompt_eval_duration_ns"] = int(seconds * rng.uniform(0.05, 0.4) * 1e9)
-    start = int((at - dt.datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1e6) * 1000
-    return build_row(
-        SpanData(
-            trace_id=rng.randbytes(15) + b"\x02",
-            span_id=rng.randbytes(7) + b"\x02",
-            parent_span_id=None,
-            name="span",
-            kind="CLIENT",
-            start_ns=start,
-            end_ns=start + int(seconds * 1e9),
-            attributes=attrs,
-            status="ERROR" if rng.random() < 0.05 else "OK",
-        )
-    )
+
+
+def _span(rng: random.Random, at: dt.datetime) -> BuiltRow:
+    return _row(rng, at, more=_prefill)
 
 
 @pytest.fixture(scope="module")
 def store(dsn: str) -> Iterator[tuple[str, dt.datetime]]:
     """A database of its own: ~3,000 spans over 12 days, half of the calls with prefill."""
-    name = "tt_series_rollups"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    url = psycopg.conninfo.make_conninfo(dsn, dbname=name)
-    migrate(url)
-    rng = random.Random(20261203)
-    now = dt.datetime.now(UTC)
-    instants = _instants(rng, now, 12, 2800)
-    rows = [_with_prefill(rng, _row(rng, at), at) for at in instants]
-    assert _write(url, rows) == len(rows)
-    yield url, now
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with own_database(dsn, "tt_series_rollups") as url:
+        rng = random.Random(20261203)
+        now = dt.datetime.now(UTC)
+        rows = [_span(rng, at) for at in _instants(rng, now, 12, 2800)]
+        assert _write(url, rows) == len(rows)
+        yield url, now
 
 
 def _series(url: str, function: str, start: Any, end: Any, bucket: str) -> list[dict[str, Any]]:
@@ -151,7 +130,7 @@ def test_hourly_series_answer_from_rollups_after_the_raw_spans_are_pruned(db: st
     now = dt.datetime.now(UTC)
     old = _floor(now - dt.timedelta(days=20), DAY) + dt.timedelta(hours=5, minutes=7)
     instants = [old + dt.timedelta(minutes=7 * i) for i in range(40)]
-    assert _write(db, [_with_prefill(rng, _row(rng, at), at) for at in instants]) == 40
+    assert _write(db, [_span(rng, at) for at in instants]) == 40
     start = _floor(old, DAY)
     before = _series(db, "efficiency_series_range", start, start + DAY, "1 hour")
     _assert_equal(before, _series(db, "efficiency_series_raw", start, start + DAY, "1 hour"))
@@ -168,7 +147,7 @@ def test_sums_rolled_up_before_0080_and_since_pruned_are_not_reported(db: str) -
     rng = random.Random(8)
     now = dt.datetime.now(UTC)
     day = _floor(now - dt.timedelta(days=3), DAY)
-    rows = [_with_prefill(rng, _row(rng, day + dt.timedelta(hours=h)), day + dt.timedelta(hours=h)) for h in range(24)]
+    rows = [_span(rng, day + dt.timedelta(hours=h)) for h in range(24)]
     assert _write(db, rows) == len(rows)
     complete = _series(db, "efficiency_series_range", day, day + DAY, "1 day")
     with psycopg.connect(db, autocommit=True) as conn:
@@ -195,12 +174,7 @@ def test_upgrading_fills_the_new_sums_from_the_raw_spans(dsn: str) -> None:
     from tokentrace.store import migrate as migrations
     from tokentrace.store.writer import SpanWriter
 
-    name = "tt_series_upgrade"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    url = psycopg.conninfo.make_conninfo(dsn, dbname=name)
-    try:
+    with own_database(dsn, "tt_series_upgrade", migrated=False) as url:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(migrations._BOOTSTRAP)
             for m in migrations.available():
@@ -212,7 +186,7 @@ def test_upgrading_fills_the_new_sums_from_the_raw_spans(dsn: str) -> None:
                     )
         rng = random.Random(9)
         now = dt.datetime.now(UTC)
-        rows = [_with_prefill(rng, _row(rng, at), at) for at in _instants(rng, now, 4, 600)]
+        rows = [_span(rng, at) for at in _instants(rng, now, 4, 600)]
         writer = SpanWriter(url, auto_migrate=False)
         try:
             assert writer.write(rows).inserted == len(rows)
@@ -237,6 +211,3 @@ def test_upgrading_fills_the_new_sums_from_the_raw_spans(dsn: str) -> None:
             _series(url, "efficiency_series_range", start, "infinity", "6 hours"),
             _series(url, "efficiency_series_raw", start, "infinity", "6 hours"),
         )
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

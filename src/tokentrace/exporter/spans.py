@@ -14,7 +14,14 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from tokentrace import attributes as A
 from tokentrace.processor import _DerivingSpan, plain_attributes, underived_attributes
-from tokentrace.store.rows import COLUMNS, BuiltRow, CleanMapping, SpanData, build_row, clean_mapping
+from tokentrace.store.rows import (
+    COLUMNS,
+    BuiltRow,
+    CleanMapping,
+    SpanData,
+    build_row,
+    clean_mapping,
+)
 
 _STATUS = {StatusCode.UNSET: "UNSET", StatusCode.OK: "OK", StatusCode.ERROR: "ERROR"}
 _KIND = {kind: kind.name for kind in SpanKind}  # Enum.name is a slow property
@@ -177,7 +184,7 @@ class ResourceCache:
     their resources, are alive).
     """
 
-    __slots__ = ("_max_value_chars", "_seen", "_last", "_last_clean")
+    __slots__ = ("_last", "_last_clean", "_max_value_chars", "_seen")
 
     def __init__(self, max_value_chars: int) -> None:
         self._max_value_chars = max_value_chars

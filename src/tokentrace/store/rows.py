@@ -98,7 +98,7 @@ class _Sanitizer:
     kept as they are; everything else takes the full path below.
     """
 
-    __slots__ = ("limit", "changed")
+    __slots__ = ("changed", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
