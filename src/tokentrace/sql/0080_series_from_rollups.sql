@@ -285,7 +285,7 @@ BEGIN
     WITH roll AS MATERIALIZED (
         SELECT date_bin(stride, r.bucket, range_start) AS b, r.model,
                r.operation NOT IN ('', 'load_model') AS is_call, r.operation = 'load_model' AS is_load,
-               r.spans, r.errors, r.input_tokens, r.output_tokens, r.timed_calls,
+               r.spans, r.errors, r.input_tokens, r.output_tokens,
                r.timed_inference_ms, r.timed_output_tokens, r.decode_ms_tokens, r.decode_output_tokens,
                r.load_ms_n, r.load_ms_sum, r.prefill_ms_tokens, r.prefill_input_tokens,
                r.inference_ms_total, r.load_ms_total, r.mpt_packed
@@ -312,52 +312,21 @@ BEGIN
                coalesce(sum(s.errors), 0)::bigint AS errors,
                -- a row rolled up before 0080 whose spans are pruned: its four sums are not known
                bool_and(s.inference_ms_total IS NOT NULL) AS known,
-               sum(s.mpt_packed) FILTER (WHERE s.is_call) AS packed,
-               sum(s.timed_calls) FILTER (WHERE s.is_call)::float8 AS timed
+               sum(s.mpt_packed) FILTER (WHERE s.is_call) AS packed
         FROM roll s
         GROUP BY s.b, s.model
-    ), ht AS MATERIALIZED (
-        -- The histogram of each bucket and model: as efficiency_range() (0070).
-        SELECT t.b, t.model, convert_to(lpad(d.ip, 12 * ((length(d.ip) + 11) / 12), '0'), 'UTF8') AS ip,
-               convert_to(rpad(d.fp, 12 * ((length(d.fp) + 11) / 12), '0'), 'UTF8') AS fp
-        FROM t CROSS JOIN LATERAL (
-            SELECT split_part(x.t, '.', 1) AS ip, split_part(x.t, '.', 2) AS fp
-            FROM (SELECT trim_scale(t.packed)::text AS t) x) d
+    ), u AS (
+        -- Each bucket's histogram as 0003's arrays, for mpt_quantile(): the same figures
+        -- as efficiency_range()'s inlined window sums, and faster over hundreds of buckets.
+        SELECT t.b, t.model, x.bins, x.counts
+        FROM t CROSS JOIN LATERAL tokentrace.mpt_unpack(t.packed) x
         WHERE t.packed > 0
-    ), h AS MATERIALIZED (
-        SELECT ht.b, ht.model,
-               CASE g.pos WHEN -1365 THEN -32768 WHEN 10922 THEN 32767 ELSE g.pos END::smallint AS bin,
-               encode(CASE WHEN g.pos >= 0 THEN substr(ht.ip, length(ht.ip) - 12 * g.pos - 11, 12)
-                           ELSE substr(ht.fp, -12 * g.pos - 11, 12) END, 'escape')::bigint AS n
-        FROM ht CROSS JOIN LATERAL generate_series(-(length(ht.fp) / 12), length(ht.ip) / 12 - 1) AS g(pos)
-    ), c AS (
-        SELECT h.b, h.model, h.bin, sum(h.n) OVER (PARTITION BY h.b, h.model ORDER BY h.bin) AS cum
-        FROM h
-        WHERE h.n <> 0
-    ), k AS (
-        SELECT t.b, t.model, 0.5::float8 * (t.timed - 1) AS r50, 0.95::float8 * (t.timed - 1) AS r95,
-               floor(0.5::float8 * (t.timed - 1))::bigint AS k50,
-               floor(0.95::float8 * (t.timed - 1))::bigint AS k95
-        FROM t WHERE t.timed > 0
-    ), q AS (
-        SELECT k.b, k.model, k.r50, k.r95,
-               min(c.bin) FILTER (WHERE c.cum > k.k50) AS lo50,
-               min(c.bin) FILTER (WHERE c.cum > k.k50 + 1) AS hi50,
-               min(c.bin) FILTER (WHERE c.cum > k.k95) AS lo95,
-               min(c.bin) FILTER (WHERE c.cum > k.k95 + 1) AS hi95
-        FROM c JOIN k ON k.b = c.b AND k.model = c.model
-        GROUP BY k.b, k.model, k.r50, k.r95
     )
     SELECT t.b, t.model, t.calls, t.input_tokens, t.output_tokens, t.weighted,
-           CASE WHEN q.r50 = floor(q.r50) THEN tokentrace.mpt_value(q.lo50)
-                ELSE tokentrace.mpt_value(q.lo50) + (q.r50 - floor(q.r50))
-                     * (tokentrace.mpt_value(q.hi50) - tokentrace.mpt_value(q.lo50)) END,
-           CASE WHEN q.r95 = floor(q.r95) THEN tokentrace.mpt_value(q.lo95)
-                ELSE tokentrace.mpt_value(q.lo95) + (q.r95 - floor(q.r95))
-                     * (tokentrace.mpt_value(q.hi95) - tokentrace.mpt_value(q.lo95)) END,
+           tokentrace.mpt_quantile(u.bins, u.counts, 0.5), tokentrace.mpt_quantile(u.bins, u.counts, 0.95),
            CASE WHEN t.known THEN t.prefill END, t.decode, t.loads, t.avg_load_ms,
            CASE WHEN t.known THEN t.load_ms END, CASE WHEN t.known THEN t.inference_ms END, t.errors
-    FROM t LEFT JOIN q ON q.b = t.b AND q.model = t.model
+    FROM t LEFT JOIN u ON u.b = t.b AND u.model = t.model
     ORDER BY 1, 2;
 END
 $$;
