@@ -21,8 +21,8 @@ Two kinds of failure are kept apart. A body that is not an export request at all
 (not protobuf, not JSON, wrong structure above the span level) raises
 :class:`DecodeError`: the whole request is refused. A span that is malformed on
 its own (an id that is not hex, a timestamp that is not a number, an attribute
-value of the wrong type) becomes a :class:`Rejection` with a reason and the other
-spans of the request go on. Ids of the wrong *length* are left for
+value of the wrong type; in protobuf, a string that is not UTF-8) becomes a
+:class:`Rejection` with a reason and the other spans of the request go on. Ids of the wrong *length* are left for
 :func:`~tokentrace.store.rows.build_row` to refuse, so both encodings give the same
 reason for them.
 
@@ -46,8 +46,10 @@ from typing import Any
 from google.protobuf.message import DecodeError as _ProtobufDecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
+from tokentrace.receiver import wire
 from tokentrace.store.rows import SpanData
 
 # Indexed by the OTLP enum value; SPAN_KIND_UNSPECIFIED (0) reads as INTERNAL.
@@ -119,13 +121,76 @@ def decode_protobuf(body: bytes) -> Decoded:
     try:
         request = ExportTraceServiceRequest.FromString(body)
     except _ProtobufDecodeError as exc:
-        raise DecodeError(f"body is not a protobuf ExportTraceServiceRequest ({exc})") from None
+        return _salvage(body, f"body is not a protobuf ExportTraceServiceRequest ({exc})")
     decoded = Decoded()
     for resource_spans in request.resource_spans:
-        resource = pb_attributes(resource_spans.resource.attributes)
-        for scope_spans in resource_spans.scope_spans:
-            _pb_add_spans(decoded.spans, scope_spans.spans, resource)
+        _pb_add_resource_spans(decoded.spans, resource_spans)
     return decoded
+
+
+def _pb_add_resource_spans(out: list[SpanData], resource_spans: ResourceSpans) -> None:
+    resource = pb_attributes(resource_spans.resource.attributes)
+    for scope_spans in resource_spans.scope_spans:
+        _pb_add_spans(out, scope_spans.spans, resource)
+
+
+def _salvage(body: bytes, refusal: str) -> Decoded:
+    """The spans of a request the message classes refused whole, read one by one.
+
+    One string that is not UTF-8 anywhere in a request (proto3 requires UTF-8; not
+    every sender checks, and a Collector relays what it gets) makes the whole parse
+    fail. When the request's framing is sound, each ``ResourceSpans`` and then each
+    ``Span`` of one that fails is parsed on its own: the spans that still fail, or
+    whose resource does, are refused with the parser's reason, the others are kept
+    (a fault in what is not stored, such as the instrumentation scope, costs
+    nothing). A body whose framing is broken is refused whole with ``refusal``.
+    """
+    decoded = Decoded()
+    try:
+        for part in wire.messages(body, 1):
+            try:
+                resource_spans = ResourceSpans.FromString(part)
+            except _ProtobufDecodeError:
+                _salvage_resource_spans(decoded, part)
+            else:
+                _pb_add_resource_spans(decoded.spans, resource_spans)
+    except wire.WireError:
+        raise DecodeError(refusal) from None
+    return decoded
+
+
+def _salvage_resource_spans(decoded: Decoded, part: bytes) -> None:
+    resource: dict[str, Any] = {}
+    resource_problem = None
+    try:
+        # Repeated occurrences of a message field merge; so do their concatenated bytes.
+        resource = pb_attributes(Resource.FromString(b"".join(wire.messages(part, 1))).attributes)
+    except _ProtobufDecodeError as exc:
+        resource_problem = f"its resource is not a valid protobuf Resource ({exc})"
+    for scope_spans in wire.messages(part, 2):
+        for raw in wire.messages(scope_spans, 2):
+            try:
+                span = Span.FromString(raw)
+            except _ProtobufDecodeError as exc:
+                problem = f"not a valid protobuf Span ({exc})"
+            else:
+                if resource_problem is None:
+                    _pb_add_spans(decoded.spans, (span,), resource)
+                    continue
+                problem = resource_problem
+            decoded.rejected.append(Rejection(*_raw_ids(raw), problem))
+
+
+def _raw_ids(raw: bytes) -> tuple[str, str]:
+    """Hex trace and span id (fields 1 and 2) of a span that could not be parsed."""
+    ids = {1: "", 2: ""}
+    try:
+        for number, _, start, end in wire.fields(raw):
+            if number in ids:
+                ids[number] = raw[start:end].hex()[:_SHOWN_ID_CHARS]
+    except wire.WireError:
+        pass
+    return ids[1], ids[2]
 
 
 # Enum value → name, with .get() defaults for values this version does not know.

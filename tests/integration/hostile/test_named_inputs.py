@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-from google.rpc.status_pb2 import Status as RpcStatus
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValueList
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -137,22 +137,37 @@ def test_nul_bytes_in_every_string_field_are_stored_as_replacement_characters(
 
 # --- invalid UTF-8 ----------------------------------------------------------------------------
 def test_invalid_utf8(receiver: Receiver, db: str, clients: Clients) -> None:
-    """Protobuf: proto3 strings must be UTF-8, so the request is refused whole (400 /
-    INVALID_ARGUMENT, not retried). JSON: a body that is not UTF-8 is refused (400); a
-    lone surrogate escape (valid JSON, not valid Unicode) is stored as "?"."""
-    (t1, s1), (t2, s2), (t3, s3) = span_ids(3, salt=2)
+    """Protobuf: proto3 strings must be UTF-8, so a span carrying one that is not is
+    refused with the parser's reason and the rest of the request is stored, on both
+    protocols; a resource that is not UTF-8 refuses its spans. JSON: a body that is
+    not UTF-8 is refused (400); a lone surrogate escape (valid JSON, not valid
+    Unicode) is stored as "?"."""
+    (t1, s1), (t2, s2), (t3, s3), (t4, s4) = span_ids(4, salt=2)
     good = pb_span(t1, s1, [CHAT, pb_kv(MODEL, pb_str("fine"))])
     marked = pb_span(t2, s2, [CHAT, pb_kv(MODEL, pb_str("PLACEHOLDER"))])
     body = pb_body([good, marked]).replace(
         b"PLACEHOLDER", b"bad\xff\xfe\xc0\x80!!!!"
     )  # same length
     http = clients(receiver.http_port)
-    result = http.post(body)
-    assert result.status == 400
-    assert "bad UTF-8" in RpcStatus.FromString(result.body).message
+    count, message = rejected(http.post(body))
+    assert count == 1
+    assert message.startswith(
+        f"1 of 2 spans rejected: span {t2.hex()}/{s2.hex()}: not a valid protobuf Span ("
+    )
+    assert "bad UTF-8" in message
+    assert stored(db, s1)["model"] == "fine"
     call = grpc_export(receiver.grpc_port, body)
-    assert call.code == grpc.StatusCode.INVALID_ARGUMENT and "bad UTF-8" in call.details
-    assert count_spans(db) == 0  # the whole request was refused, the good span with it
+    assert call.code == grpc.StatusCode.OK and call.response is not None
+    partial = ExportTraceServiceResponse.FromString(call.response).partial_success
+    assert partial.rejected_spans == 1 and "bad UTF-8" in partial.error_message
+    assert count_spans(db) == 1  # the good span, once: the gRPC copy was a duplicate
+
+    bad_resource = pb_body([pb_span(t4, s4, [CHAT])], service="PLACEHOLDER").replace(
+        b"PLACEHOLDER", b"svc\xff\xfe\xc0\x80!!!!"
+    )
+    count, message = rejected(http.post(bad_resource))
+    assert count == 1 and "its resource is not a valid protobuf Resource" in message
+    assert count_spans(db) == 1
 
     not_utf8 = js_body([js_span(t1, s1, [js_kv(MODEL, {"stringValue": "PLACEHOLDER"})])])
     result = http.post(not_utf8.replace(b"PLACEHOLDER", b"\xff\xfe"), JSON)
@@ -316,10 +331,10 @@ def _js_nested(levels: int, kind: str) -> dict[str, Any]:
 
 def test_deeply_nested_values(receiver: Receiver, db: str, clients: Clients) -> None:
     """Nesting is cut at 32 levels (the cut level stored as null). Beyond what each
-    decoder takes the request or the span is refused: protobuf's recursion limit (100
-    messages: 47 levels of arrays, 31 of kvlists) and the JSON parser's own limit
-    refuse the request (400 / INVALID_ARGUMENT); OTLP/JSON AnyValues deeper than 64
-    levels refuse that span."""
+    decoder takes the span or the request is refused: protobuf's recursion limit
+    counted from the span (100 messages: 49 levels of arrays, 32 of kvlists) and
+    OTLP/JSON AnyValues deeper than 64 levels refuse that span; the JSON parser's own
+    limit refuses the request (400)."""
     ids = span_ids(9, salt=6)
     http = clients(receiver.http_port)
     body = _span_with_raw_attribute(*ids[0], "deep", _deep_array(40))
@@ -331,11 +346,19 @@ def test_deeply_nested_values(receiver: Receiver, db: str, clients: Clients) -> 
     assert rejected(http.post(body)) == (0, "")
     assert depth(stored(db, ids[1][1])["attributes"]["deep"]) == 31
 
-    for too_deep in (_deep_array(48), _deep_kvlist(32), _deep_array(100_000)):
+    body = _span_with_raw_attribute(*ids[7], "deep", _deep_array(49))
+    assert rejected(http.post(body)) == (0, "")
+    assert depth(stored(db, ids[7][1])["attributes"]["deep"]) == 32
+
+    for too_deep in (_deep_array(50), _deep_kvlist(33), _deep_array(100_000)):
         body = _span_with_raw_attribute(*ids[2], "deep", too_deep)
-        result = http.post(body)
-        assert result.status == 400 and "MaxDepth" in RpcStatus.FromString(result.body).message
-        assert grpc_export(receiver.grpc_port, body).code == grpc.StatusCode.INVALID_ARGUMENT
+        count, message = rejected(http.post(body))
+        assert count == 1 and "Exceeded upb_DecodeOptions_MaxDepth" in message
+        call = grpc_export(receiver.grpc_port, body)
+        assert call.code == grpc.StatusCode.OK and call.response is not None
+        assert (
+            ExportTraceServiceResponse.FromString(call.response).partial_success.rejected_spans == 1
+        )
 
     for (trace_id, span_id), kind in zip(ids[3:5], ("array", "kvlist")):
         body = js_body([js_span(trace_id, span_id, [js_kv("deep", _js_nested(40, kind))])])

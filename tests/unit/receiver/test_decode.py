@@ -19,6 +19,7 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
+from tokentrace.receiver import wire
 from tokentrace.receiver.decode import DecodeError, decode_json, decode_protobuf
 from tokentrace.store.rows import COLUMNS, build_row
 
@@ -235,6 +236,100 @@ def test_protobuf_garbage_is_a_decode_error(body: bytes) -> None:
 def test_protobuf_bad_id_lengths_pass_through_for_build_row_to_refuse() -> None:
     [data] = decode_protobuf(_pb_request(_pb_span(span_id=b"\x01\x02\x03\x04\x05"))).spans
     assert data.span_id == b"\x01\x02\x03\x04\x05"
+
+
+# Same length as the placeholder it replaces, so the framing stays right.
+_PLACEHOLDER, _NOT_UTF8 = b"PLACEHOLDER", b"bad\xff\xfe\xc0\x80!!!!"
+_GOOD_ID = "0102030405060708"
+
+
+def _not_utf8(body: bytes) -> bytes:
+    assert body.count(_PLACEHOLDER) == 1
+    return body.replace(_PLACEHOLDER, _NOT_UTF8)
+
+
+def _two_resources(first: dict[str, str], *spans: Span) -> bytes:
+    """A request of two resources: ``first`` with ``spans``, then svc2 with a good span."""
+    parts = [
+        _pb_request(*spans, resource=first),
+        _pb_request(_pb_span(span_id=bytes.fromhex(_GOOD_ID))),
+    ]
+    merged = ExportTraceServiceRequest()
+    for part in parts:
+        merged.MergeFromString(part)
+    body: bytes = merged.SerializeToString()
+    return body
+
+
+def test_protobuf_span_that_is_not_utf8_is_rejected_and_the_others_kept() -> None:
+    bad = _pb_span(attributes=[_kv("gen_ai.request.model", AnyValue(string_value="PLACEHOLDER"))])
+    body = _not_utf8(
+        _pb_request(_pb_span(span_id=bytes.fromhex(_GOOD_ID)), bad, _pb_span(name="third"))
+    )
+    decoded = decode_protobuf(body)
+    assert [s.span_id.hex() for s in decoded.spans] == [_GOOD_ID, SPAN_HEX]
+    assert [s.name for s in decoded.spans] == ["chat llama3.2", "third"]
+    assert decoded.spans[0].resource == {"service.name": "svc"}
+    [rejection] = decoded.rejected
+    assert (rejection.trace_id, rejection.span_id) == (TRACE_HEX, SPAN_HEX)
+    assert rejection.reason == (
+        "not a valid protobuf Span (Error parsing message with type "
+        "'opentelemetry.proto.trace.v1.Span': String field had bad UTF-8)"
+    )
+    assert decoded.total == 3
+
+
+def test_protobuf_resource_that_is_not_utf8_rejects_its_spans_only() -> None:
+    body = _not_utf8(_two_resources({"service.name": "PLACEHOLDER"}, _pb_span(), _pb_span()))
+    decoded = decode_protobuf(body)
+    assert [s.span_id.hex() for s in decoded.spans] == [_GOOD_ID]
+    assert [r.reason.split(" (")[0] for r in decoded.rejected] == [
+        "its resource is not a valid protobuf Resource"
+    ] * 2
+    assert decoded.total == 3
+
+
+def test_protobuf_scope_that_is_not_utf8_costs_nothing() -> None:
+    request = ExportTraceServiceRequest.FromString(_pb_request(_pb_span()))
+    request.resource_spans[0].scope_spans[0].scope.name = "PLACEHOLDER"
+    decoded = decode_protobuf(_not_utf8(request.SerializeToString()))
+    assert [s.span_id.hex() for s in decoded.spans] == [SPAN_HEX] and decoded.rejected == []
+
+
+def test_wire_framing_finds_what_the_message_classes_find() -> None:
+    body = _two_resources({"service.name": "a"}, _pb_span(), _pb_span(name="x"))
+    request = ExportTraceServiceRequest.FromString(body)
+    parts = wire.messages(body, 1)
+    assert [ResourceSpans.FromString(p) for p in parts] == list(request.resource_spans)
+    spans = [
+        raw for part in parts for scope in wire.messages(part, 2) for raw in wire.messages(scope, 2)
+    ]
+    assert [Span.FromString(raw) for raw in spans] == [
+        span for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans
+    ]
+    first = _pb_span().SerializeToString()
+    assert [(n, t) for n, t, _, _ in wire.fields(first)] == [
+        (1, 2),
+        (2, 2),
+        (4, 2),
+        (5, 2),
+        (6, 0),
+        (7, 1),
+        (8, 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x0a\x03\x12\x05\x0a",  # a resource_spans whose scope_spans runs past its end
+        b"\x0a\x02\x12\x80",  # a length cut off inside a resource_spans
+        b"\x0a\x01\x07",  # a group (deprecated wire type) inside a resource_spans
+    ],
+)
+def test_protobuf_broken_framing_below_the_request_is_a_decode_error(body: bytes) -> None:
+    with pytest.raises(DecodeError, match="not a protobuf ExportTraceServiceRequest"):
+        decode_protobuf(body)
 
 
 # --- JSON ---------------------------------------------------------------------------
