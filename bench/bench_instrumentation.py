@@ -51,6 +51,9 @@ Usage::
     # before/after in the same rounds: also the network figures of another version
     # (a copy of its src/tokentrace/instrumentation, e.g. from `git worktree add`)
     python bench/bench_instrumentation.py --compare-with /tmp/old/src/tokentrace/instrumentation
+    # the floor: an SDK span alone after each real call (no processor, + batch
+    # processor, + tokentrace's processor) next to the instrumented call, same rounds
+    python bench/bench_instrumentation.py --floor
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +80,20 @@ TARGET_CHUNK_US = 1.0
 MODEL = "bench"
 NO_LOAD = "bench-no-load"  # a model whose server reports no load_duration
 MESSAGES = [{"role": "user", "content": "Hi"}]
+
+# The attributes of the span an Ollama chat produces: five set at its start, seven
+# when the response is in (as the instrumentation does; a no-load reply sets these 12).
+SPAN_START_ATTRS: dict[str, Any] = {
+    "gen_ai.operation.name": "chat", "gen_ai.provider.name": "ollama",
+    "gen_ai.request.model": MODEL, "server.address": "127.0.0.1", "server.port": 11434,
+}  # fmt: skip
+SPAN_END_ATTRS: dict[str, Any] = {
+    "gen_ai.response.model": MODEL, "gen_ai.usage.input_tokens": 7,
+    "gen_ai.usage.output_tokens": 3, "gen_ai.response.finish_reasons": ("stop",),
+    "tokentrace.server.prompt_eval_duration_ns": 2_000_000,
+    "tokentrace.server.eval_duration_ns": 4_500_000,
+    "tokentrace.server.total_duration_ns": 9_000_000,
+}  # fmt: skip
 
 
 # --- the server child ---------------------------------------------------------------
@@ -193,6 +211,21 @@ def _interleaved(
     return _summary(base, diff)
 
 
+def dropping_batcher() -> Any:
+    """A ``BatchSpanProcessor`` whose exporter reads each span's attributes, then drops it."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Drop(SpanExporter):
+        def export(self, spans: Sequence[Any]) -> SpanExportResult:
+            for span in spans:
+                _ = span.attributes
+            return SpanExportResult.SUCCESS
+
+    return BatchSpanProcessor(
+        Drop(), max_queue_size=1 << 20, max_export_batch_size=4096, schedule_delay_millis=100
+    )
+
+
 class Tracing:
     """tokentrace's span pipeline with an exporter that stores nothing."""
 
@@ -200,25 +233,11 @@ class Tracing:
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import (
-            BatchSpanProcessor,
-            SpanExporter,
-            SpanExportResult,
-        )
 
         from tokentrace.processor import TokenEfficiencySpanProcessor
 
-        class Drop(SpanExporter):
-            def export(self, spans: Sequence[Any]) -> SpanExportResult:
-                for span in spans:
-                    _ = span.attributes
-                return SpanExportResult.SUCCESS
-
-        batcher = BatchSpanProcessor(
-            Drop(), max_queue_size=1 << 20, max_export_batch_size=4096, schedule_delay_millis=100
-        )
         self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(TokenEfficiencySpanProcessor(batcher))
+        self.tracer_provider.add_span_processor(TokenEfficiencySpanProcessor(dropping_batcher()))
         self.meter_provider = (
             MeterProvider(metric_readers=[InMemoryMetricReader()]) if metrics else None
         )
@@ -415,6 +434,167 @@ def _per_chunk(stream: dict[str, float], call: dict[str, float], chunks: int) ->
     return out
 
 
+# --- the floor: the SDK's span alone between network calls (--floor) ---------------
+ONE_ATTR: dict[str, Any] = {"gen_ai.request.model": MODEL}
+FLOOR_CASES = (
+    ("a", "bare SDK span, 1 attribute, no processor"),
+    ("b", "SDK span, 12 attributes, no processor"),
+    ("c", "(b) + BatchSpanProcessor(dropping exporter)"),
+    ("d", "(b) + TokenEfficiencySpanProcessor(BatchSpanProcessor(dropping exporter))"),
+    ("e", "instrumented call (OllamaInstrumentor, traces)"),
+)
+
+
+@dataclass(frozen=True)
+class FloorCase:
+    """One traced batch of ``--floor``: the call, what to do around the batch, its flush."""
+
+    call: Callable[[], Any]
+    flush: Callable[[], Any] | None = None
+    enter: Callable[[], Any] | None = None
+    leave: Callable[[], Any] | None = None
+
+    def batch(self, n: int) -> tuple[float, float, float]:
+        if self.enter is not None:
+            self.enter()
+        try:
+            return _batch(self.call, n, self.flush)
+        finally:
+            if self.leave is not None:
+                self.leave()
+
+
+def _rotated(
+    plain: Callable[[], Any], cases: dict[str, FloorCase], n: int, rounds: int
+) -> dict[str, dict[str, float]]:
+    """Like :func:`_network_pair`: per round one plain batch and one batch per case.
+
+    The order is rotated from round to round; each case's overhead is taken against
+    that round's plain batch (which flushes nothing).
+    """
+    for _ in range(max(n // 5, 3)):
+        plain()  # warm the connection pool
+    for case in cases.values():
+        case.batch(n)  # warm each path
+    order: list[str | None] = [None, *cases]
+    base: list[tuple[float, float, float]] = []
+    diffs: dict[str, list[tuple[float, float, float]]] = {label: [] for label in cases}
+    for i in range(rounds):
+        shift = i % len(order)
+        timed: dict[str | None, tuple[float, float, float]] = {}
+        for which in order[shift:] + order[:shift]:
+            timed[which] = _batch(plain, n) if which is None else cases[which].batch(n)
+        base.append(timed[None])
+        for label in cases:
+            diffs[label].append(_diff(timed[label], timed[None]))
+    return {label: _summary(base, diffs[label]) for label in cases}
+
+
+def floor(quick: bool, rounds: int | None = None) -> dict[str, Any]:
+    """What an SDK span costs right after each real ``ollama`` call, against the plain call.
+
+    Cases (a)–(d) make a span after each uninstrumented call (no-load chat on the
+    fake server) with no instrumentation around it — (a) a bare one, (b) one with the
+    12 attributes of the instrumentation's span (five at start, seven set before the
+    end) and no processor, (c) (b) through a ``BatchSpanProcessor`` with a dropping
+    exporter, (d) (b) through tokentrace's pipeline — and (e) is the instrumented call
+    itself on that same pipeline. The same spans in a tight loop (no network) are
+    timed too, as the in-cache reference.
+    """
+    import ollama
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import SpanKind, Tracer
+
+    from tokentrace.instrumentation.ollama import OllamaInstrumentor
+
+    calls, default_rounds = (100, 3) if quick else (200, 21)
+    rounds = rounds or default_rounds
+    loop_n, loop_rounds = (1_000, 3) if quick else (5_000, 7)
+    bare = TracerProvider()  # no span processor
+    batched = TracerProvider()
+    batched.add_span_processor(dropping_batcher())
+    tracing = Tracing(metrics=False)  # tokentrace's pipeline: (d) and (e)
+    name = f"chat {MODEL}"
+
+    def one_attribute(tracer: Tracer) -> Callable[[], None]:
+        def span() -> None:
+            tracer.start_span(name, kind=SpanKind.CLIENT, attributes=ONE_ATTR).end()
+
+        return span
+
+    def twelve_attributes(tracer: Tracer) -> Callable[[], None]:
+        def span() -> None:
+            s = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=SPAN_START_ATTRS)
+            s.set_attributes(SPAN_END_ATTRS)
+            s.end()
+
+        return span
+
+    spans: dict[str, tuple[Callable[[], None], Callable[[], Any] | None]] = {
+        "a": (one_attribute(bare.get_tracer("bench")), None),
+        "b": (twelve_attributes(bare.get_tracer("bench")), None),
+        "c": (twelve_attributes(batched.get_tracer("bench")), batched.force_flush),
+        "d": (
+            twelve_attributes(tracing.tracer_provider.get_tracer("bench")),
+            tracing.tracer_provider.force_flush,
+        ),
+    }
+    out: dict[str, Any] = {
+        "calls": calls,
+        "reference_span_us": reference_span_us(quick),
+        "tight_loop": {
+            key: _interleaved(lambda: None, span, loop_n, loop_rounds, flush)
+            for key, (span, flush) in spans.items()
+        },
+    }
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", "--chunks", "1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        urls = json.loads(child.stdout.readline())
+        with ollama.Client(host=urls["ollama"]) as oc:
+
+            def chat() -> None:
+                oc.chat(model=NO_LOAD, messages=MESSAGES)
+
+            def then(span: Callable[[], None]) -> Callable[[], None]:
+                def call() -> None:
+                    chat()
+                    span()
+
+                return call
+
+            instrumentor = OllamaInstrumentor()
+            cases = {key: FloorCase(then(span), flush) for key, (span, flush) in spans.items()}
+            cases["e"] = FloorCase(
+                chat,
+                tracing.tracer_provider.force_flush,
+                enter=lambda: instrumentor.instrument(**tracing.kwargs),
+                leave=instrumentor.uninstrument,
+            )
+            out["network"] = _rotated(chat, cases, calls, rounds)
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        child.wait(timeout=30)
+        for provider in (bare, batched):
+            provider.shutdown()
+        tracing.shutdown()
+    return out
+
+
+def run_floor(quick: bool, rounds: int | None = None) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_at_start": _load(),
+    }
+    result["floor"] = floor(quick, rounds)
+    result["load_at_end"] = _load()
+    return result
+
+
 # --- in process ---------------------------------------------------------------------
 def _returns(value: Any) -> Callable[..., Any]:
     return lambda *args, **kwargs: value
@@ -441,23 +621,11 @@ def in_process(quick: bool, chunks: int, tracing: Tracing) -> dict[str, Any]:
     # What the pipeline alone costs for the span an Ollama chat produces (same name,
     # kind and 12 attributes, five at start and seven at the end), with no
     # instrumentation code: the wrapper's own share is the difference.
-    start_attrs: dict[str, Any] = {
-        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "ollama",
-        "gen_ai.request.model": MODEL, "server.address": "127.0.0.1", "server.port": 11434,
-    }  # fmt: skip
-    end_attrs: dict[str, Any] = {
-        "gen_ai.response.model": MODEL, "gen_ai.usage.input_tokens": 7,
-        "gen_ai.usage.output_tokens": 3, "gen_ai.response.finish_reasons": ("stop",),
-        "tokentrace.server.prompt_eval_duration_ns": 2_000_000,
-        "tokentrace.server.eval_duration_ns": 4_500_000,
-        "tokentrace.server.total_duration_ns": 9_000_000,
-    }  # fmt: skip
-
     def pipeline_span() -> None:
         span = telemetry.tracer.start_span(
-            f"chat {MODEL}", kind=SpanKind.CLIENT, attributes=start_attrs
+            f"chat {MODEL}", kind=SpanKind.CLIENT, attributes=SPAN_START_ATTRS
         )
-        span.set_attributes(end_attrs)
+        span.set_attributes(SPAN_END_ATTRS)
         span.end()
 
     out["span alone, no wrapper"] = _interleaved(lambda: None, pipeline_span, n, rounds, flush)
@@ -680,6 +848,59 @@ def report(data: dict[str, Any], quick: bool) -> str:
     return "\n".join(lines)
 
 
+def floor_report(data: dict[str, Any], quick: bool) -> str:
+    from importlib.metadata import version
+
+    f = data["floor"]
+    network = f["network"]
+    plain = next(iter(network.values()))
+    lines = [
+        (
+            f"{data['started']}{' (--quick)' if quick else ''} · {_machine()} · load average "
+            f"{data['load_at_start']} at the start, {data['load_at_end']} at the end · ollama "
+            f"{version('ollama')}, opentelemetry-sdk {version('opentelemetry-sdk')}"
+        ),
+        "",
+        (
+            f"Yardstick: one bare SDK span (start + end, no processor), tight loop = "
+            f"{f['reference_span_us']:.1f} µs CPU."
+        ),
+        "",
+        (
+            "Floor: ollama chat (no load reported) over the network, each case's batch "
+            "against the same round's plain batch; µs per call, median [interquartile "
+            f"range] of the per-round differences over {plain['rounds']} rounds × "
+            f"{f['calls']} calls, order rotated per round. Plain call: "
+            f"{plain['caller_wall_baseline_us']:.1f} wall, "
+            f"{plain['caller_cpu_baseline_us']:.1f} thread CPU, "
+            f"{plain['process_cpu_baseline_us']:.1f} process CPU. Tight loop = the same "
+            "span with no network call (calling thread CPU, in-cache reference)."
+        ),
+        "",
+        (
+            "| case | calling thread, wall | calling thread, CPU | whole process, CPU "
+            "(to the end of a flush) | tight loop, thread CPU |"
+        ),
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for key, label in FLOOR_CASES:
+        r = network[key]
+        loop = f["tight_loop"].get(key)
+        tight = _cell(loop, "caller_cpu") if loop is not None else "—"
+        cells = " | ".join(_cell(r, m) for m, _ in MEASURES)
+        lines.append(f"| ({key}) {label} | {cells} | {tight} |")
+    lines += ["", f"≤ {TARGET_CALL_US:.0f} µs per call, calling thread:", ""]
+    for key, label in FLOOR_CASES:
+        r = network[key]
+        verdicts = ", ".join(
+            f"{name}: {_verdict(r, m, TARGET_CALL_US)}"
+            for m, name in MEASURES
+            if m != "process_cpu"
+        )
+        lines.append(f"* ({key}) {label}: {verdicts}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few calls: a smoke run")
@@ -698,6 +919,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "figures are measured in the same rounds, labelled" + COMPARED
         ),
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help=(
+            "instead: what an OpenTelemetry SDK span alone (no processor, then through "
+            "the batch processor and tokentrace's) adds right after each real ollama "
+            "call, next to the instrumented call"
+        ),
+    )
+    parser.add_argument("--rounds", type=int, help="rounds of --floor (default 21; 3 with --quick)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
@@ -705,11 +936,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.report:
         saved = json.loads(Path(args.report).read_text())
-        print(report(saved, saved.get("quick", False)))
+        show = floor_report if "floor" in saved else report
+        print(show(saved, saved.get("quick", False)))
         return 0
-    data = run(args.quick, args.chunks, args.compare_with)
+    if args.floor:
+        data = run_floor(args.quick, args.rounds)
+        show = floor_report
+    else:
+        data = run(args.quick, args.chunks, args.compare_with)
+        show = report
     data["quick"] = args.quick
-    print(json.dumps(data, indent=2) if args.json else report(data, args.quick))
+    print(json.dumps(data, indent=2) if args.json else show(data, args.quick))
     return 0
 
 
