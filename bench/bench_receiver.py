@@ -31,6 +31,17 @@ gRPC before … (``--baseline-src DIR``)
     receiver commits the requests in progress together (group commit); the spans
     per COPY + commit over the run are read from each receiver's shutdown log line.
 
+Phoenix gRPC / Phoenix HTTP (``--phoenix``)
+    Arize Phoenix (``arize-phoenix[pg]``, version pinned in ``PHOENIX_VERSION``),
+    installed in a venv of its own (``--phoenix-venv``, created if missing) and run
+    as ``phoenix serve`` on a database of its own (``phoenix_bench``) on the same
+    PostgreSQL server, after tokentrace's rounds. The first ``--phoenix-requests``
+    of the same requests (Phoenix is slow), from ``--clients`` threads, to its
+    OTLP/gRPC port and to ``POST /v1/traces`` on its web port; refusals for
+    backpressure (HTTP 503, gRPC UNAVAILABLE) are retried and counted. Phoenix
+    answers before it writes, so spans/s = spans ÷ (the poll of its ``spans`` table,
+    every 50 ms, that saw them all − first send).
+
 For each phase the CPU seconds used by the receivers, the PostgreSQL processes and
 this client process are read, per span, to show which one is the bottleneck. A
 final in-process profile splits the receiver's own work into decode, build rows
@@ -42,6 +53,8 @@ Usage::
     python bench/bench_receiver.py --quick         # a smoke run
     python bench/bench_receiver.py --clients 8     # more requests in flight
     python bench/bench_receiver.py --dsn postgresql://...   # an existing server (emptied!)
+    python bench/bench_receiver.py --clients 8 --requests 80 --runs 3 --receivers 1 \
+        --phoenix                                 # and Arize Phoenix, 8 requests a phase
     python bench/bench_receiver.py --clients 8 --requests 80 --receivers 1,2 --workers 2 \
         --baseline-src /tmp/before/src            # the run recorded in bench/RESULTS.md
 
@@ -55,6 +68,8 @@ import http.client
 import os
 import random
 import re
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -65,6 +80,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import grpc
 import psutil
@@ -76,6 +92,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tokentrace.receiver.decode import decode_protobuf
 from tokentrace.receiver.grpc_server import FULL_METHOD
@@ -311,6 +329,14 @@ def grpc_client(ports: Sequence[int]) -> Callable[[int, bytes], None]:
     return send
 
 
+class HTTPStatusError(RuntimeError):
+    """A non-200 answer to ``POST /v1/traces`` (its status, for the Phoenix retries)."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"HTTP {status}: {body[:200]!r}")
+        self.status = status
+
+
 def http_client(ports: Sequence[int]) -> Callable[[int, bytes], None]:
     local = threading.local()
 
@@ -325,7 +351,7 @@ def http_client(ports: Sequence[int]) -> Callable[[int, bytes], None]:
         response = conns[port].getresponse()
         data = response.read()
         if response.status != 200:
-            raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+            raise HTTPStatusError(response.status, data)
         _check(data)
 
     return send
@@ -493,6 +519,310 @@ def print_profile(dsn: str, requests: Sequence[bytes]) -> None:
     pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
 
 
+# --- Arize Phoenix (--phoenix) -----------------------------------------------------
+PHOENIX_VERSION = "20.26.1"  # arize-phoenix: the current release on 2026-12-03
+PHOENIX_DATABASE = "phoenix_bench"
+PHOENIX_VENV = Path.home() / ".cache" / "tokentrace-bench" / "phoenix-venv"
+
+
+def phoenix_command(venv: Path) -> Path:
+    """``phoenix`` in ``venv``; the venv is created and given the pinned
+    ``arize-phoenix[pg]`` (asyncpg, its PostgreSQL driver) when either is missing."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    probe = "import importlib.metadata as m, asyncpg; print(m.version('arize-phoenix'))"
+    found = subprocess.run([str(python), "-c", probe], check=False, capture_output=True, text=True)
+    if found.returncode != 0 or found.stdout.strip() != PHOENIX_VERSION:
+        print(f"installing arize-phoenix[pg]=={PHOENIX_VERSION} into {venv}", flush=True)
+        requirement = f"arize-phoenix[pg]=={PHOENIX_VERSION}"
+        pip = [str(python), "-m", "pip", "install", "--quiet", requirement]
+        subprocess.run(pip, check=True)
+    return venv / "bin" / "phoenix"
+
+
+def phoenix_database(dsn: str) -> tuple[str, str]:
+    """Phoenix's own database on the benchmark's server, created if missing: a DSN for
+    counting its spans, and the same database as Phoenix's ``PHOENIX_SQL_DATABASE_URL``."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (PHOENIX_DATABASE,)
+        ).fetchone()
+        if found is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(PHOENIX_DATABASE)))
+    params = conninfo_to_dict(dsn)
+    host, port = str(params.get("host") or ""), str(params.get("port") or "")
+    user = quote(str(params.get("user") or ""), safe="")
+    password = quote(str(params.get("password") or ""), safe="")
+    netloc = f"{user}{':' + password if password else ''}@" if user else ""
+    query: dict[str, str] = {}
+    if host.startswith("/"):  # a Unix socket directory (the embedded server): asyncpg takes it
+        query = {"host": host, **({"port": port} if port else {})}
+    else:
+        netloc += f"{host}{':' + port if port else ''}"
+    url = f"postgresql://{netloc}/{PHOENIX_DATABASE}" + (f"?{urlencode(query)}" if query else "")
+    return make_conninfo(dsn, dbname=PHOENIX_DATABASE), url
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+class PhoenixProcess:
+    """``phoenix serve`` in a child process, on its own database and two free ports."""
+
+    def __init__(
+        self, command: Path, database_url: str, workdir: Path, *, timeout: float = 300
+    ) -> None:
+        self.http_port, self.grpc_port = free_port(), free_port()
+        self.config = {
+            "PHOENIX_SQL_DATABASE_URL": database_url,
+            "PHOENIX_HOST": "127.0.0.1",
+            "PHOENIX_PORT": str(self.http_port),
+            "PHOENIX_GRPC_PORT": str(self.grpc_port),
+            "PHOENIX_WORKING_DIR": str(workdir),
+            "PHOENIX_TELEMETRY_ENABLED": "false",
+            "PHOENIX_ALLOW_EXTERNAL_RESOURCES": "false",
+        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PHOENIX_", "OTEL_"))}
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log = workdir / "phoenix.log"
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [str(command), "serve"],
+                env={**env, **self.config},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.ps = psutil.Process(self.proc.pid)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Until ``GET /healthz`` answers 200 and the gRPC port accepts a channel."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=5)
+                conn.request("GET", "/healthz")
+                healthy = conn.getresponse().status == 200
+                conn.close()
+            except OSError:
+                healthy = False
+            if healthy:
+                with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
+                    grpc.channel_ready_future(channel).result(
+                        timeout=max(deadline - time.monotonic(), 1)
+                    )
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"phoenix serve did not start:\n{self.log.read_text()[-4000:]}")
+
+    def processes(self) -> list[psutil.Process]:
+        try:
+            return [self.ps, *self.ps.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def stop(self) -> bool:
+        """SIGTERM (Phoenix drains its queue), then SIGKILL after a minute; whether it
+        shut down cleanly (uvicorn re-raises the SIGTERM after its shutdown)."""
+        leftovers = self.processes()[1:]
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for child in leftovers:
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+        code = self.proc.returncode
+        shut_down = "Application shutdown complete" in self.log.read_text()
+        return code == 0 or (code == -signal.SIGTERM and shut_down)
+
+
+class Retrying:
+    """Sends through ``send`` and retries what Phoenix refuses as backpressure (HTTP 503,
+    gRPC UNAVAILABLE: its span queue is full) after a doubling pause, as the OTLP
+    exporters do; counts the refusals."""
+
+    def __init__(self, send: Callable[[int, bytes], None], give_up_after: float = 600) -> None:
+        self.send, self.give_up_after = send, give_up_after
+        self.refused = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, index: int, body: bytes) -> None:
+        delay, deadline = 0.05, time.monotonic() + self.give_up_after
+        while True:
+            try:
+                self.send(index, body)
+                return
+            except grpc.RpcError as exc:
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                if code is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+            except HTTPStatusError as exc:
+                if exc.status != 503 or time.monotonic() > deadline:
+                    raise
+            with self._lock:
+                self.refused += 1
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def phoenix_spans(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT count(*) FROM spans").fetchone()
+    return int(row[0]) if row else 0
+
+
+def measure_phoenix(
+    bench: Bench,
+    phoenix: PhoenixProcess,
+    phoenix_dsn: str,
+    send: Retrying,
+    requests: Sequence[bytes],
+    timeout: float,
+) -> dict[str, float]:
+    """Send ``requests`` to Phoenix and poll its ``spans`` table until every span is
+    there (or ``timeout``): spans persisted per second from first send to the poll
+    that saw the last one. Phoenix answers before it writes (it queues the spans)."""
+    expected = sum(len(decode_protobuf(b).spans) for b in requests)
+    with psycopg.connect(phoenix_dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE traces CASCADE")  # spans and their costs go with the traces
+        conn.execute("CHECKPOINT")
+        refused_before = send.refused
+        pg_before, me_before = postgres_cpu(bench.postmaster), cpu_seconds([bench.me])
+        procs = phoenix.processes()
+        px_before = cpu_seconds(procs)
+        acked: list[float] = []
+        errors: list[Exception] = []
+
+        def client() -> None:
+            try:
+                acked.append(drive(send, requests, bench.clients))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=client)
+        began = time.perf_counter()
+        thread.start()
+        count = 0
+        while True:
+            time.sleep(0.05)
+            count = phoenix_spans(conn)
+            elapsed = time.perf_counter() - began
+            if count >= expected or elapsed > timeout or (errors and not thread.is_alive()):
+                break
+        pg_after, me_after = postgres_cpu(bench.postmaster), cpu_seconds([bench.me])
+        px_after = cpu_seconds(procs)
+        thread.join()
+    if errors:
+        raise RuntimeError(f"Phoenix refused the spans: {errors[0]!r}")
+    spans = max(count, 1)
+
+    def per_span_us(before: dict[int, float], after: dict[int, float]) -> float:
+        return sum(after[p] - before.get(p, 0.0) for p in after) / spans * 1e6
+
+    return {
+        "rate": count / elapsed,
+        "rx_us": per_span_us(px_before, px_after),
+        "pg_us": (pg_after - pg_before) / spans * 1e6,
+        "client_us": per_span_us(me_before, me_after),
+        "sent": expected,
+        "stored": count,
+        "ack_rate": expected / acked[0] if acked else 0.0,
+        "refused": send.refused - refused_before,
+    }
+
+
+def run_phoenix(
+    bench: Bench, args: argparse.Namespace, requests: Sequence[bytes]
+) -> dict[str, list[dict[str, float]]]:
+    """Phoenix's phases (gRPC, HTTP), ``--phoenix-runs`` rounds, after tokentrace's."""
+    command = phoenix_command(args.phoenix_venv)
+    phoenix_dsn, url = phoenix_database(bench.dsn)
+    started = time.perf_counter()
+    phoenix = PhoenixProcess(command, url, bench.workdir / "phoenix")
+    results: dict[str, list[dict[str, float]]] = {}
+    try:
+        shown = {**phoenix.config, "PHOENIX_SQL_DATABASE_URL": _redacted(url)}
+        print(
+            f"Phoenix {PHOENIX_VERSION} ready in {time.perf_counter() - started:.0f} s: "
+            + " ".join(f"{k}={v}" for k, v in shown.items()),
+            flush=True,
+        )
+        phases = [
+            ("Phoenix gRPC", Retrying(grpc_client([phoenix.grpc_port]))),
+            ("Phoenix HTTP", Retrying(http_client([phoenix.http_port]))),
+        ]
+        for run in range(args.phoenix_runs):
+            for name, send in phases:
+                measured = measure_phoenix(
+                    bench, phoenix, phoenix_dsn, send, requests, args.phoenix_timeout
+                )
+                results.setdefault(name, []).append(measured)
+            print(
+                f"Phoenix run {run + 1}: "
+                + ", ".join(
+                    f"{k} {v[-1]['rate']:,.0f}/s ({v[-1]['stored']:,.0f} of {v[-1]['sent']:,.0f} "
+                    f"spans persisted, {v[-1]['refused']:.0f} refusals)"
+                    for k, v in results.items()
+                ),
+                flush=True,
+            )
+    finally:
+        if not phoenix.stop():
+            log = phoenix.log.read_text()[-2000:]
+            print(f"phoenix serve did not shut down cleanly ({phoenix.proc.returncode}):\n{log}")
+    return results
+
+
+def _redacted(url: str) -> str:
+    return re.sub(r"(//[^:/@]*:)[^@]+@", r"\1***@", url)
+
+
+def print_phoenix(
+    results: dict[str, list[dict[str, float]]],
+    phoenix: dict[str, list[dict[str, float]]],
+    spans: int,
+) -> None:
+    """Phoenix against tokentrace's first receiver setup, protocol by protocol."""
+    sent = next(iter(phoenix.values()))[0]["sent"]
+    print(
+        f"\nPhoenix {PHOENIX_VERSION} rows: {sent:,.0f} spans per phase (tokentrace's: {spans:,}); "
+        "spans/s = spans in its `spans` table ÷ (the 50 ms poll that saw them all − first "
+        "send); 'receiver µs/span' is the CPU of Phoenix's process tree"
+    )
+    for name, runs in phoenix.items():
+        protocol = name.split()[-1]
+        own = next((k for k in results if k.startswith(f"{protocol} ")), None)
+        rate = statistics.median(r["rate"] for r in runs)
+        line = (
+            f"{name}: {rate:,.0f} spans/s persisted (median of {len(runs)}); "
+            f"persisted {min(r['stored'] for r in runs):,.0f}–{max(r['stored'] for r in runs):,.0f} "
+            f"of {runs[0]['sent']:,.0f} sent; answered at "
+            f"{statistics.median(r['ack_rate'] for r in runs):,.0f} spans/s; "
+            f"{sum(r['refused'] for r in runs):.0f} requests refused (retried)"
+        )
+        if own is not None:
+            theirs = statistics.median(r["rate"] for r in results[own])
+            line += f"; tokentrace {own} {theirs:,.0f} spans/s = {theirs / rate:,.0f}× Phoenix"
+        print(line)
+
+
 # --- main -------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -516,9 +846,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="also print a cProfile of the pipeline"
     )
+    parser.add_argument(
+        "--phoenix",
+        action="store_true",
+        help=f"also measure Arize Phoenix {PHOENIX_VERSION} (own venv, own database, same server)",
+    )
+    parser.add_argument(
+        "--phoenix-venv",
+        type=Path,
+        default=PHOENIX_VENV,
+        metavar="DIR",
+        help="the venv for Phoenix, created if missing (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--phoenix-requests",
+        type=int,
+        default=8,
+        help="requests per Phoenix phase (it is slow; default %(default)s)",
+    )
+    parser.add_argument(
+        "--phoenix-runs", type=int, help="rounds of Phoenix phases (default: --runs)"
+    )
+    parser.add_argument(
+        "--phoenix-timeout",
+        type=float,
+        default=600,
+        help="seconds to wait for a Phoenix phase's spans to be persisted (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.requests = 2, 10
+    if args.phoenix_runs is None:
+        args.phoenix_runs = args.runs
 
     with tempfile.TemporaryDirectory(prefix="tt-bench-rx-") as tmp:
         workdir = Path(tmp)
@@ -532,17 +891,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"({len(requests[0]) / 1024:.0f} KiB each), {args.clients} clients, {args.runs} runs",
                 flush=True,
             )
+            phoenix: dict[str, list[dict[str, float]]] = {}
             try:
                 results = run_rounds(bench, setups(args), args.runs)
+                if args.phoenix:
+                    phoenix = run_phoenix(bench, args, phoenix_requests(args, requests))
             finally:
                 bench.close()
-            print_table(results, profile(dsn, requests))
+            print_table({**results, **phoenix}, profile(dsn, requests))
+            if phoenix:
+                print_phoenix(results, phoenix, bench.spans)
             if args.profile:
                 print_profile(dsn, requests)
         finally:
             if not args.dsn:
                 stop_embedded()  # before its data directory is removed
     return 0
+
+
+def phoenix_requests(args: argparse.Namespace, requests: Sequence[bytes]) -> list[bytes]:
+    """The first ``--phoenix-requests`` of the same requests (more made if needed)."""
+    extra = range(len(requests), args.phoenix_requests)
+    return [*requests[: args.phoenix_requests], *(make_request(args.spans, s) for s in extra)]
 
 
 @dataclass(frozen=True)
@@ -635,6 +1005,10 @@ def report_writes(label: str, stops: Sequence[tuple[int, int] | None]) -> None:
     )
 
 
+def _percent(ratio: float) -> str:
+    return f"{ratio:.0%}" if ratio >= 0.01 else f"{ratio:.2%}"
+
+
 def print_table(results: dict[str, list[dict[str, float]]], split: dict[str, float]) -> None:
     baseline = statistics.median(r["rate"] for r in results["raw COPY"])
     print()
@@ -646,7 +1020,8 @@ def print_table(results: dict[str, list[dict[str, float]]], split: dict[str, flo
         rates = [r["rate"] for r in runs]
         median = statistics.median(rates)
         print(
-            f"{name:<18} {median:>17,.0f} {min(rates):>9,.0f} {max(rates):>9,.0f} {median / baseline:>11.0%} "
+            f"{name:<18} {median:>17,.0f} {min(rates):>9,.0f} {max(rates):>9,.0f} "
+            f"{_percent(median / baseline):>12} "
             f"{statistics.median(r['rx_us'] for r in runs):>17.1f} "
             f"{statistics.median(r['pg_us'] for r in runs):>19.1f} "
             f"{statistics.median(r['client_us'] for r in runs):>15.1f}"
