@@ -19,7 +19,10 @@ prune
     ``prune()`` a SQL caller gets by default, ``DELETE`` (committed) + ``VACUUM``, and
     ``DROP TABLE`` alone; then the same on two busy days of 2 M spans each (loaded
     ahead of now, so phase 1 is its two ALTER TABLEs by hand), with the time the
-    filesystem alone takes to free a file of the partition's size. On the busy days,
+    filesystem alone takes to free a file of the partition's size. The floor under
+    phase 1 is timed per round too, on a day of its own: the two ``ALTER TABLE``s alone
+    (``DETACH PARTITION``, ``SET SCHEMA tokentrace_expired``, one transaction, a fresh
+    session as ``tokentrace prune`` has) and a committed one-row write. On the busy days,
     a 24-hour ``efficiency_range()`` window against its raw scan too. With the
     reports, ``efficiency_range()`` from starts at eight times of day (rollups vs raw),
     and the dashboard's three charts (24 h in 30-minute, 7 d in 4-hour and 60 d in
@@ -462,6 +465,35 @@ def _two_phase(dsn: str, day: dt.date, *, via_prune: bool) -> dict[str, float]:
     return out
 
 
+def _bare_ddl(dsn: str, day: dt.date) -> dict[str, float]:
+    """The floor under phase 1: its two ALTER TABLEs alone, in one transaction on a fresh
+    connection (as ``tokentrace prune`` opens one), after a CHECKPOINT; and a committed
+    one-row write on the same connection (what a commit costs). The table is dropped after."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS public.bench_commit (x int)")
+        conn.execute(
+            "INSERT INTO public.bench_commit SELECT 0 "
+            "WHERE NOT EXISTS (SELECT FROM public.bench_commit)"
+        )
+        conn.execute("CHECKPOINT")
+        started = time.perf_counter()
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("ALTER TABLE tokentrace.spans DETACH PARTITION {}").format(_partition(day))
+            )
+            conn.execute(
+                sql.SQL("ALTER TABLE {} SET SCHEMA tokentrace_expired").format(_partition(day))
+            )
+        ddl_ms = (time.perf_counter() - started) * 1000
+        commits = []
+        for _ in range(5):
+            started = time.perf_counter()
+            conn.execute("UPDATE public.bench_commit SET x = x + 1")
+            commits.append((time.perf_counter() - started) * 1000)
+        conn.execute(sql.SQL("DROP TABLE {}").format(_partition(day, "tokentrace_expired")))
+    return {"ddl_ms": ddl_ms, "commit_ms": statistics.median(commits)}
+
+
 def _one_transaction_prune(dsn: str, day: dt.date) -> dict[str, float]:
     """``prune()`` as a SQL caller runs it by default: detach-free DROP in one transaction."""
     out = {"rows": float(_count(dsn, day))}
@@ -511,7 +543,7 @@ def time_prune(dsn: str, busy_day_spans: int, rounds: int = 3) -> dict[str, Any]
         # The first partition is partial (the data start mid-day): prune it untimed.
         conn.execute("SELECT * FROM tokentrace.prune(now() - %s::timestamptz)", (_day(days[1])[0],))
     prune_days = days[1 : 1 + 2 * rounds]  # pruned in order, oldest first
-    other_days = days[30 : 30 + 2 * rounds]  # DELETE / DROP, never reached by the prunes
+    other_days = days[30 : 30 + 3 * rounds]  # DELETE / DROP / bare DDL, never reached by the prunes
     # Days 60 days old have long been vacuumed by autovacuum (hint bits set, visibility
     # map current); these were loaded minutes ago, so vacuum them first, untimed.
     _vacuum(dsn, prune_days + other_days)
@@ -521,18 +553,21 @@ def time_prune(dsn: str, busy_day_spans: int, rounds: int = 3) -> dict[str, Any]
         one = _one_transaction_prune(dsn, prune_days[2 * r + 1])
         dv = _delete_vacuum(dsn, other_days[2 * r])
         drop = _drop(dsn, other_days[2 * r + 1])
+        bare = _bare_ddl(dsn, other_days[2 * rounds + r])
         per_round.append(
             {
                 **{f"two_{k}": v for k, v in two.items()},
                 **{f"one_{k}": v for k, v in one.items()},
                 **dv,
                 **drop,
+                **{f"bare_{k}": v for k, v in bare.items()},
             }
         )
         print(
             f"    prune round {r + 1}: phase 1 {two['phase1_ms']:.1f} ms, release "
             f"{two['release_ms']:.1f} ms; one-transaction prune {one['ms']:.1f} ms; DELETE "
-            f"{dv['delete_ms']:.0f} ms + VACUUM {dv['vacuum_ms']:.0f} ms; DROP {drop['drop_ms']:.1f} ms",
+            f"{dv['delete_ms']:.0f} ms + VACUUM {dv['vacuum_ms']:.0f} ms; DROP {drop['drop_ms']:.1f} ms; "
+            f"bare DETACH + SET SCHEMA {bare['ddl_ms']:.1f} ms, a commit {bare['commit_ms']:.2f} ms",
             flush=True,
         )
     result: dict[str, Any] = {"rounds": rounds, "typical": _median_of(per_round), "each": per_round}
@@ -812,6 +847,16 @@ def _rest(results: dict[str, Any]) -> list[str]:
                 f"{(r['delete_ms'] + r['vacuum_ms']) / (r['two_phase1_ms'] + r['two_release_ms']):,.1f}× | "
                 f"{r['vacuumed_bytes'] / 1e6:,.1f} of {r['delete_bytes'] / 1e6:,.1f} MB |"
             )
+        if "bare_ddl_ms" in t:
+            lines += [
+                "",
+                (
+                    f"The floor under phase 1, same rounds: its two `ALTER TABLE`s alone (one "
+                    f"transaction, fresh session) {t['bare_ddl_ms']:,.1f} ms, a committed one-row "
+                    f"write {t['bare_commit_ms']:,.2f} ms; `DELETE` / bare DDL: "
+                    f"{t['delete_ms'] / t['bare_ddl_ms']:,.0f}×."
+                ),
+            ]
     if "ingest" in results:
         lines += [
             "",
