@@ -22,9 +22,9 @@ Two kinds of failure are kept apart. A body that is not an export request at all
 :class:`DecodeError`: the whole request is refused. A span that is malformed on
 its own (an id that is not hex, a timestamp that is not a number, an attribute
 value of the wrong type; in protobuf, a string that is not UTF-8) becomes a
-:class:`Rejection` with a reason and the other spans of the request go on. Ids of the wrong *length* are left for
-:func:`~tokentrace.store.rows.build_row` to refuse, so both encodings give the same
-reason for them.
+:class:`Rejection` with a reason and the other spans of the request go on. Ids of
+the wrong *length* are left for :func:`~tokentrace.store.rows.build_row` to refuse,
+so both encodings give the same reason for them.
 
 Span kinds and status codes become the names the in-process exporter uses
 (``CLIENT``, ``ERROR``, …); ``SPAN_KIND_UNSPECIFIED`` is read as ``INTERNAL``, as
