@@ -647,6 +647,32 @@ def test_prune_at_the_boundary_keeps_rollups(db: str, caplog: pytest.LogCaptureF
         query(db, "SELECT tokentrace.rebuild_rollups(now() - interval '90 days', now())")
 
 
+def test_release_keeps_the_rollups_of_days_still_stored(db: str) -> None:
+    """With the rollup retention equal to the raw one, a release that runs later than
+    the prune it follows (here: before any prune at all) keeps the hourly and daily
+    rows of a day whose raw spans are still stored (0090); the prune then takes both."""
+    rng = random.Random(91)
+    now = dt.datetime.now(UTC)
+    day = EPOCH + dt.timedelta(days=(now - EPOCH).days - 70)
+    _write(db, [_row(rng, day + dt.timedelta(seconds=rng.uniform(0, 86_399))) for _ in range(40)])
+    stored = query(db, "SELECT count(*) FROM tokentrace.spans WHERE model IS NOT NULL")[0][0]
+    assert stored > 0
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE tokentrace.settings SET value = '60' WHERE key = 'rollup_retention_days'"
+        )
+    sums = "SELECT grain, sum(spans)::bigint FROM tokentrace.span_rollups GROUP BY 1 ORDER BY 1"
+    expected = [(dt.timedelta(minutes=5), stored), (dt.timedelta(hours=1), stored),
+                (dt.timedelta(days=1), stored)]  # fmt: skip
+    assert query(db, sums) == expected
+    assert query(db, "SELECT * FROM tokentrace_expired.release_pruned()") == []
+    assert query(db, sums) == expected
+
+    result = retention.prune(db, 60, 60)
+    assert [(d.day, d.spans) for d in result.partitions] == [(day.date(), stored)]
+    assert query(db, sums) == []
+
+
 def test_a_late_span_for_a_pruned_day_is_counted_once(db: str) -> None:
     rng = random.Random(23)
     now = dt.datetime.now(UTC)

@@ -192,7 +192,9 @@ def test_upgrading_fills_the_new_sums_from_the_raw_spans(dsn: str) -> None:
             assert writer.write(rows).inserted == len(rows)
         finally:
             writer.close()
-        assert migrate(url) == ["0080_series_from_rollups.sql"]
+        applied = migrate(url)
+        assert applied == [m.name for m in migrations.available() if m.version >= 80]
+        assert applied[0] == "0080_series_from_rollups.sql"
         key = "grain, bucket, model, operation"
         cols = f"{key}, prefill_ms_tokens, prefill_input_tokens, inference_ms_total, load_ms_total"
         with psycopg.connect(url) as conn:
