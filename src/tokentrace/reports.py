@@ -26,6 +26,7 @@ from psycopg.rows import dict_row
 
 from tokentrace.config import env_int
 from tokentrace.store.connection import connect
+from tokentrace.store.pool import ConnectionPool
 
 MAX_HOURS = 24 * 400
 
@@ -68,11 +69,26 @@ def check_hours(hours: Any) -> float:
 @contextmanager
 def report_connection(dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """A read-only connection with the report statement timeout applied."""
+    with open_report_connection(dsn) as conn:
+        yield conn
+
+
+def open_report_connection(dsn: str) -> psycopg.Connection[Any]:
+    """What :func:`report_connection` yields, for the caller to close."""
     timeout_ms = env_int("TOKENTRACE_REPORT_TIMEOUT_MS", 10_000, minimum=1)
-    with connect(dsn, autocommit=True) as conn:
+    conn = connect(dsn, autocommit=True)
+    try:
         conn.execute("SELECT set_config('statement_timeout', %s, false)", (str(timeout_ms),))
         conn.execute("SET default_transaction_read_only = on")
-        yield conn
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def report_pool(dsn: str) -> ConnectionPool:
+    """Report connections kept between requests (see :mod:`tokentrace.store.pool`)."""
+    return ConnectionPool(lambda: open_report_connection(dsn))
 
 
 def efficiency(

@@ -24,6 +24,7 @@ import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import psycopg
@@ -32,6 +33,7 @@ from tokentrace import reports
 from tokentrace.dashboard import page
 from tokentrace.dashboard.data import DEFAULT_WINDOW, WINDOWS, Window
 from tokentrace.dashboard.svg import esc
+from tokentrace.store.pool import ConnectionPool
 
 _log = logging.getLogger(__name__)
 
@@ -149,12 +151,14 @@ def handle_dashboard(
     cookie: str | None = None,
     auth_token: str | None = None,
     now: dt.datetime | None = None,
+    connections: ConnectionPool | None = None,
 ) -> Answer:
     """Answer ``GET /``: ``(status, headers, body)``; ``headers`` includes ``Content-Type``.
 
     ``query`` is the raw query string or ``urllib.parse.parse_qs`` output;
     ``authorization`` and ``cookie`` are the request's headers of those names;
-    ``auth_token`` the configured bearer token (None: the page is open).
+    ``auth_token`` the configured bearer token (None: the page is open);
+    ``connections`` kept report connections to read with (None: a new one to ``dsn``).
     """
     nonce = secrets.token_urlsafe(16)
     if not authorized(authorization, cookie, auth_token):
@@ -165,12 +169,19 @@ def handle_dashboard(
         links = " ".join(f'<a href="/?window={w}">{w}</a>' for w in WINDOWS)
         return _answer(400, page.message_page("Bad request", f"{esc(exc)}. Try {links}.", nonce=nonce), nonce)
     zone = cookies(cookie).get(TZ_COOKIE)
+
+    def render(conn: psycopg.Connection[Any]) -> str:
+        return page.render_page(
+            conn, window=params.window, model=params.model, refresh_s=params.refresh_s,
+            now=now, tz=zone, nonce=nonce, partial=params.partial,
+        )  # fmt: skip
+
     try:
-        with reports.report_connection(dsn) as conn:
-            body = page.render_page(
-                conn, window=params.window, model=params.model, refresh_s=params.refresh_s,
-                now=now, tz=zone, nonce=nonce, partial=params.partial,
-            )  # fmt: skip
+        if connections is None:
+            with reports.report_connection(dsn) as conn:
+                body = render(conn)
+        else:
+            body = connections.run(render)
     except _DB_DOWN:
         text = f"The database cannot be reached; this page tries again every {_RETRY_S} s."
         return _answer(503, page.message_page("Database unavailable", text, nonce=nonce, retry_s=_RETRY_S),

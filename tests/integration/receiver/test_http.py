@@ -304,6 +304,38 @@ def test_reports_match_the_report_functions(http: Http, db: str) -> None:
     assert footprint["footprint"]["oldest_span"] == expected_footprint["oldest_span"]
 
 
+def test_responses_are_sent_without_waiting_for_an_ack(http: Http, receiver: Receiver) -> None:
+    """Headers and body are two writes: with Nagle's algorithm on, a response's body
+    waited for the client's delayed ACK of its headers (~40 ms on Linux)."""
+    assert http.get("/healthz").status == 200
+    server = receiver._http._server  # the accepted sockets are reachable only here
+    with server._connections_lock:
+        accepted = list(server._connections)
+    assert accepted
+    assert all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in accepted)
+
+
+def test_reports_are_answered_on_one_kept_connection(http: Http, db: str) -> None:
+    before = _report_backends(db)  # the writers' connections, if open yet
+    for path in ("/telemetry/efficiency", "/telemetry/60day", "/telemetry/footprint") * 3:
+        assert http.get(path).status == 200
+    kept = _report_backends(db) - before
+    assert len(kept) == 1  # one connection, kept after the first request and reused
+    for _ in range(3):
+        assert http.get("/").status == 200  # the dashboard reads on it too
+    assert _report_backends(db) - before == kept
+
+
+def _report_backends(dsn: str) -> set[int]:
+    """The server's client backends opened by tokentrace (writers, reports), not this one."""
+    rows = query(
+        dsn,
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'tokentrace' "
+        "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    )
+    return {int(r[0]) for r in rows}
+
+
 @pytest.mark.parametrize(
     "path,message",
     [
