@@ -18,12 +18,16 @@ object. Change the import and keep the calls::
 Logging calls record OpenTelemetry spans through the normal pipeline. The report
 calls flush pending spans first, so what was just logged is counted, and answer
 ``{"status": "error", "message": ...}`` instead of raising when the database fails.
+They read on a connection the object keeps between calls (closed with the object;
+see :mod:`tokentrace.store.pool`), so a router polling ``get_aggregated_efficiency``
+does not pay for a new database session each time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +45,8 @@ class Telemetry:
     def __init__(self, dsn: str | None = None) -> None:
         self._dsn = resolve_dsn(dsn)
         configure(self._dsn)
+        self._reports = reports.report_pool(self._dsn)
+        weakref.finalize(self, self._reports.close)
 
     async def start_timer(self) -> float:
         return time.perf_counter()
@@ -84,8 +90,7 @@ class Telemetry:
         def run() -> dict[str, Any]:
             flush()
             try:
-                with reports.report_connection(self._dsn) as conn:
-                    return {"status": "success", **read(conn)}
+                return {"status": "success", **self._reports.run(read)}
             except (psycopg.Error, reports.ReportError) as exc:
                 return {"status": "error", "message": redact(str(exc)).strip()}
 

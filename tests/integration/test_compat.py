@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import time
 
 import pytest
 
+from tests.helpers import query
 from tokentrace.compat import Telemetry
 
 
@@ -56,3 +59,24 @@ def test_bad_window_is_an_error_answer_not_an_exception(configured: str) -> None
 def test_negative_duration_is_refused_by_the_logging_api(configured: str) -> None:
     with pytest.raises(ValueError, match="non-negative number of seconds"):
         asyncio.run(Telemetry(configured).log_thought_latency("m", -1.0, 5))
+
+
+def test_report_calls_share_a_kept_connection_closed_with_the_object(configured: str) -> None:
+    async def calls(telemetry: Telemetry) -> list[str]:
+        answers = []
+        for _ in range(3):
+            answers.append((await telemetry.get_aggregated_efficiency())["status"])
+            answers.append((await telemetry.get_60day_statistics())["status"])
+            answers.append((await telemetry.get_telemetry_footprint())["status"])
+        return answers
+
+    telemetry = Telemetry(configured)
+    assert asyncio.run(calls(telemetry)) == ["success"] * 9
+    assert telemetry._reports.idle == 1  # one connection, reused by every call
+    pid = telemetry._reports.run(lambda conn: conn.execute("SELECT pg_backend_pid()").fetchone())
+    del telemetry
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while query(configured, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", pid):
+        assert time.monotonic() < deadline, "the kept connection outlived its Telemetry"
+        time.sleep(0.05)
