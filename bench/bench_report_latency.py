@@ -6,6 +6,7 @@ in process, and in each of ``--runs`` rounds times, per endpoint:
 
 * **kept**: ``GET`` over one keep-alive HTTP connection to the server as shipped, which
   reads on report connections it keeps between requests (``tokentrace.store.pool``);
+  and ``compat.Telemetry.get_aggregated_efficiency()``, which keeps one too;
 * **new connection**: the same report as the server made it before, in process and
   without HTTP: a new report connection (``reports.report_connection``), the report,
   close — what every request paid: connecting, and a new server session's first
@@ -19,6 +20,7 @@ Prints medians and the ratio new connection / kept. ``--quick``: 100 k spans, 7 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import http.client
 import statistics
@@ -32,6 +34,7 @@ import bench_reports as B
 import psycopg
 
 from tokentrace import reports
+from tokentrace.compat import Telemetry
 from tokentrace.dashboard import page
 from tokentrace.receiver.server import Receiver
 from tokentrace.receiver.settings import Endpoint, ServeSettings
@@ -43,6 +46,8 @@ ENDPOINTS: dict[str, Report] = {
     "/telemetry/footprint": reports.footprint,
     "/ (dashboard, 24 h)": lambda conn: page.render_page(conn),
 }
+# The drop-in's report call (in process, no HTTP): it keeps its connection too.
+COMPAT = "compat.Telemetry.get_aggregated_efficiency()"
 
 
 def _ms(action: Callable[[], object]) -> float:
@@ -66,25 +71,36 @@ def _new_connection(dsn: str, report: Report) -> None:
 
 def time_endpoints(dsn: str, port: int, runs: int) -> dict[str, dict[str, float]]:
     client = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    loop = asyncio.new_event_loop()
+    telemetry = Telemetry(dsn)
+    kept: dict[str, Callable[[], object]] = {
+        path: partial(_get, client, path) for path in ENDPOINTS
+    }
+    kept[COMPAT] = lambda: loop.run_until_complete(telemetry.get_aggregated_efficiency())
     times: dict[str, dict[str, list[float]]] = {
-        path: {"kept": [], "new": [], "warm": []} for path in ENDPOINTS
+        name: {"kept": [], "new": [], "warm": []} for name in kept
     }
     with reports.report_connection(dsn) as warm:
-        for path, report in ENDPOINTS.items():  # untimed: the server's and warm's first use
-            _get(client, path)
+        for name, report in _reports().items():  # untimed: first use of each connection
+            kept[name]()
             report(warm)
         for _ in range(runs):
-            for path, report in ENDPOINTS.items():
-                times[path]["kept"].append(_ms(partial(_get, client, path)))
-                times[path]["new"].append(_ms(partial(_new_connection, dsn, report)))
-                times[path]["warm"].append(_ms(partial(report, warm)))
+            for name, report in _reports().items():
+                times[name]["kept"].append(_ms(kept[name]))
+                times[name]["new"].append(_ms(partial(_new_connection, dsn, report)))
+                times[name]["warm"].append(_ms(partial(report, warm)))
     client.close()
-    return {path: {k: statistics.median(v) for k, v in t.items()} for path, t in times.items()}
+    loop.close()
+    return {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
+
+
+def _reports() -> dict[str, Report]:
+    return {**ENDPOINTS, COMPAT: ENDPOINTS["/telemetry/efficiency"]}
 
 
 def render(results: dict[str, dict[str, float]]) -> str:
     head = (
-        "| endpoint | kept connection (HTTP) | new connection per report (in process) "
+        "| report | kept connection (HTTP; compat in process) | new connection per report (in process) "
         "| ratio | warm SQL (in process) |"
     )
     lines = [head, "|---|---:|---:|---:|---:|"]
