@@ -3,7 +3,9 @@ reused while healthy, replaced when broken, never handed out mid-transaction."""
 
 from __future__ import annotations
 
+import os
 import threading
+import warnings
 from typing import Any
 
 import psycopg
@@ -156,3 +158,27 @@ def test_after_close_nothing_is_kept(db: str) -> None:
     assert kept[0].closed and pool.idle == 0
     assert pool.run(lambda c: c.execute("SELECT 1").fetchone()) == (1,)  # still answers
     assert pool.idle == 0
+
+
+def test_a_forked_child_leaves_the_parents_connection_alone(db: str) -> None:
+    pool = reports.report_pool(db)
+    try:
+        parent_pid = pool.run(_pid)
+        read, write = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads about
+            child = os.fork()
+        if child == 0:  # the child: its own connection, the parent's kept one untouched
+            try:
+                os.write(write, str(pool.run(_pid)).encode())
+                pool.close()
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            child_backend = int(pipe.read())
+        os.waitpid(child, 0)
+        assert child_backend != parent_pid
+        assert pool.run(_pid) == parent_pid  # still alive: the child did not end it
+    finally:
+        pool.close()

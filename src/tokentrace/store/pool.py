@@ -12,10 +12,18 @@ that broke while it waited (the server restarted, an idle timeout ended its sess
 fails on its first statement: :meth:`ConnectionPool.run` then closes every kept
 connection and runs the work once more on a new one, which is safe because the work
 it is given only reads.
+
+After a ``fork()`` the child never uses (nor closes) the connections it inherited:
+they are the parent's sessions, and closing one would end it for the parent too.
+
+Why not ``psycopg_pool``: it runs worker threads for each pool and makes a request
+wait when ``max_size`` connections are busy; reports were never capped like that,
+and a pool per ``compat.Telemetry`` object should not start threads.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +33,10 @@ import psycopg
 
 T = TypeVar("T")
 Connection = psycopg.Connection[Any]
+
+# Connections a forked child inherited, held so that they are never finalized (which
+# would send the server a Terminate for the parent's session).
+_INHERITED: list[Connection] = []
 
 
 class ConnectionPool:
@@ -48,6 +60,7 @@ class ConnectionPool:
         self._idle: list[tuple[float, Connection]] = []  # (when it came back, connection)
         self._lock = threading.Lock()
         self._closed = False
+        self._pid = os.getpid()
 
     @property
     def idle(self) -> int:
@@ -100,6 +113,9 @@ class ConnectionPool:
         """
         expired: list[tuple[float, Connection]] = []
         with self._lock:
+            if self._pid != os.getpid():
+                _INHERITED.extend(conn for _, conn in self._idle)
+                self._idle, self._pid = [], os.getpid()
             if not self._idle:
                 return None
             if self._idle[-1][0] >= time.monotonic() - self._max_idle_s:
