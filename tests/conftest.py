@@ -42,6 +42,10 @@ def db(dsn: str) -> Iterator[str]:
         conn.execute(
             "DO $$ DECLARE p record; BEGIN"
             " FOR p IN SELECT partition FROM tokentrace.span_partitions LOOP"
+            " EXECUTE format('DROP TABLE %s', p.partition); END LOOP;"
+            # The link rows of those spans (0100) go with them, as prune() drops them.
+            " FOR p IN SELECT inhrelid::regclass AS partition FROM pg_inherits"
+            " WHERE inhparent = to_regclass('tokentrace.call_links') LOOP"
             " EXECUTE format('DROP TABLE %s', p.partition); END LOOP; END $$"
         )
         conn.execute(

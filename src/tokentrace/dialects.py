@@ -70,6 +70,21 @@ _PROVIDER_ALIASES = {
     "mistralai": "mistral_ai",
 }
 _OPENINFERENCE_KINDS = {"LLM": A.OP_CHAT, "EMBEDDING": A.OP_EMBEDDINGS}
+# Operations a span name can show: the GenAI conventions name a span
+# "{gen_ai.operation.name} {model}" ("chat llama3"), OpenLLMetry "{vendor}.{method}"
+# ("ollama.chat", "openai.completion", "ChatOllama.chat").
+_NAMED_OPERATIONS = {
+    A.OP_CHAT: A.OP_CHAT,
+    A.OP_TEXT_COMPLETION: A.OP_TEXT_COMPLETION,
+    A.OP_EMBEDDINGS: A.OP_EMBEDDINGS,
+    A.OP_GENERATE_CONTENT: A.OP_GENERATE_CONTENT,
+    "completion": A.OP_TEXT_COMPLETION,
+    "completions": A.OP_TEXT_COMPLETION,
+    "generate": A.OP_TEXT_COMPLETION,
+    "embedding": A.OP_EMBEDDINGS,
+    "embed": A.OP_EMBEDDINGS,
+    "rerank": "rerank",
+}
 
 
 class GenAIFacts(NamedTuple):
@@ -240,6 +255,27 @@ def _ttft_s(get: _Get, stream: bool | None) -> float | None:
     if openlit is not None and openlit > 0 and stream is not False:
         return openlit
     return None
+
+
+def infer_operation(facts: GenAIFacts, span_name: str) -> str | None:
+    """The operation of a GenAI span whose attributes name none, or None.
+
+    :func:`normalize` already reads ``gen_ai.operation.name``, OpenLLMetry's
+    ``llm.request.type`` and OpenInference's span kind. A span with none of them (the
+    deprecated GenAI dialect, hand-written spans, older SDKs) is still a call; this
+    reads its operation from its name (``chat llama3``, ``ollama.chat``,
+    ``openai.completion``), and else calls a span that reports output tokens a
+    ``chat``: it generated tokens, and chat is what today's APIs call that. A span
+    with neither stays without an operation (and still counts as a call).
+    """
+    if facts.operation is not None or not facts.is_genai:
+        return facts.operation
+    first_word = span_name.split(" ", 1)[0]
+    last_part = first_word.rsplit(".", 1)[-1].lower()
+    named = _NAMED_OPERATIONS.get(last_part)
+    if named is not None:
+        return named
+    return A.OP_CHAT if facts.output_tokens is not None else None
 
 
 def normalize(attrs: Mapping[str, Any]) -> GenAIFacts:

@@ -45,7 +45,7 @@ PCT_COLUMNS = ("p50_ms_per_token", "p95_ms_per_token")
 # The reports' definitions, as a plain scan of raw spans over [lo, hi).
 RAW_EFFICIENCY = """
 WITH s AS (
-    SELECT sp.model, sp.operation = 'load_model' AS is_load,
+    SELECT sp.model, sp.operation IS NOT DISTINCT FROM 'load_model' AS is_load,
            sp.input_tokens, sp.output_tokens, sp.inference_ms, sp.ms_per_token,
            sp.decode_ms_per_token, sp.load_ms, sp.duration_ms, sp.status
     FROM tokentrace.spans sp
@@ -819,7 +819,7 @@ def test_footprint_growth_projection_and_cap(db: str, monkeypatch: pytest.Monkey
     }
     oldest, newest = query(db, "SELECT min(start_time), max(start_time) FROM tokentrace.spans")[0]
     assert (foot["oldest_span"], foot["newest_span"]) == (oldest.isoformat(), newest.isoformat())
-    assert foot["row_counts"] == "estimated" and "exact_rows" not in relations["spans"]
+    assert foot["row_counts_source"] == "estimated" and "exact_rows" not in relations["spans"]
     # 7 days and today of an evenly filled 20 days: about 800 × 8 / 20 spans over 7.x days.
     recent = query(
         db,
@@ -836,7 +836,7 @@ def test_footprint_growth_projection_and_cap(db: str, monkeypatch: pytest.Monkey
     counts = {r["relation"]: r["exact_rows"] for r in exact["relations"]}
     assert counts["spans"] == query(db, "SELECT count(*) FROM tokentrace.spans")[0][0]
     assert counts["span_rollups"] == query(db, "SELECT count(*) FROM tokentrace.span_rollups")[0][0]
-    assert exact["row_counts"] == "exact"
+    assert exact["row_counts_source"] == "exact"
     assert exact["disk_cap_bytes"] == 1000 and exact["fits_within_cap"] is False
     assert exact["days_until_cap"] == 0  # already past a 1 kB cap
     assert roomy["fits_within_cap"] is True and roomy["days_until_cap"] is None

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from tokentrace import attributes as A
-from tokentrace.dialects import as_token_count, normalize
+from tokentrace.dialects import as_token_count, infer_operation, normalize
 
 
 @pytest.mark.parametrize(
@@ -126,3 +126,29 @@ def test_non_genai_span() -> None:
     facts = normalize({"http.method": "GET"})
     assert not facts.is_genai
     assert facts.model is None
+
+
+@pytest.mark.parametrize(
+    ("name", "attrs", "expected"),
+    [
+        ("whatever", {A.GEN_AI_OPERATION_NAME: "embeddings", A.GEN_AI_REQUEST_MODEL: "m"}, "embeddings"),
+        ("x", {A.LLM_REQUEST_TYPE: "completion", A.GEN_AI_REQUEST_MODEL: "m"}, "text_completion"),
+        ("chat llama3", {A.GEN_AI_REQUEST_MODEL: "llama3"}, "chat"),
+        ("text_completion m", {A.GEN_AI_REQUEST_MODEL: "m"}, "text_completion"),
+        ("ollama.chat", {A.GEN_AI_SYSTEM: "Ollama", A.GEN_AI_REQUEST_MODEL: "m"}, "chat"),
+        ("ollama.generate", {A.GEN_AI_REQUEST_MODEL: "m"}, "text_completion"),
+        ("openai.completion", {A.GEN_AI_REQUEST_MODEL: "m"}, "text_completion"),
+        ("openai.embeddings", {A.GEN_AI_REQUEST_MODEL: "m"}, "embeddings"),
+        ("ollama.embed", {A.GEN_AI_REQUEST_MODEL: "m"}, "embeddings"),
+        ("ChatOllama.chat", {A.GEN_AI_REQUEST_MODEL: "m"}, "chat"),
+        ("my_step", {A.GEN_AI_REQUEST_MODEL: "m", A.GEN_AI_USAGE_COMPLETION_TOKENS: 3}, "chat"),
+        ("my_step", {A.GEN_AI_REQUEST_MODEL: "m", A.GEN_AI_USAGE_PROMPT_TOKENS: 3}, None),
+        ("my_step", {A.GEN_AI_REQUEST_MODEL: "m"}, None),
+        ("chat llama3", {}, None),  # not a GenAI span: nothing to infer
+        ("", {A.GEN_AI_REQUEST_MODEL: "m"}, None),
+    ],
+)
+def test_operation_inferred_where_the_attributes_name_none(
+    name: str, attrs: dict[str, object], expected: str | None
+) -> None:
+    assert infer_operation(normalize(attrs), name) == expected

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from tokentrace import attributes as A
-from tokentrace.dialects import normalize
+from tokentrace.dialects import infer_operation, normalize
 from tokentrace.efficiency import Efficiency, derive
 
 COLUMNS: tuple[str, ...] = (
@@ -346,6 +346,8 @@ def _row(
     start = _EPOCH + _timedelta(0, 0, data.start_ns // 1000)
     # Unpacked at once: a named tuple's fields (and GenAIFacts.model) cost a call each.
     operation, provider, request_model, response_model, input_tokens, output_tokens = facts[:6]
+    if operation is None:
+        operation = infer_operation(facts, data.name)
     name, service, operation, provider, model, error_type = clean.columns(
         data.name,
         service if isinstance(service, str) else None,

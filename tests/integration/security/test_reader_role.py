@@ -24,6 +24,7 @@ from tokentrace.store.writer import SpanWriter
 PURE = {
     "bucket_floor", "bucket_ceil", "mpt_bin", "mpt_value", "mpt_merge", "mpt_quantile",
     "mpt_unit", "mpt_pack", "mpt_digits", "mpt_unpack", "report_function_names",
+    "counts_as_call", "is_load",
 }  # fmt: skip
 # Functions that change things: SECURITY INVOKER, no EXECUTE for PUBLIC or readers.
 WRITE = {
