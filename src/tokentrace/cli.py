@@ -3,6 +3,7 @@
 ::
 
     tokentrace demo                         # a simulated fleet → embedded PostgreSQL → reports
+    tokentrace demo -v                      # … with tokentrace's log lines (migrations, server)
     tokentrace serve                        # OTLP gRPC :4317 + HTTP :4318, reports over HTTP
     tokentrace report efficiency --hours 6  # token-weighted ms/token per model
     tokentrace report 60day --json
@@ -32,7 +33,7 @@ import psycopg
 from tokentrace import reports
 from tokentrace.config import ConfigError, redact, retention_days
 from tokentrace.store.connection import describe, resolve_dsn
-from tokentrace.tables import render
+from tokentrace.tables import format_bytes, render
 
 _log = logging.getLogger("tokentrace")
 
@@ -55,10 +56,9 @@ TRENDS_TABLE = (
     ("measurement_count", "calls"),
     ("total_tokens_processed", "tokens"),
 )
-FOOTPRINT_TABLE = (
+FOOTPRINT_TABLE = (  # raw byte counts are in --json; one unit system on the page
     ("relation", "relation"),
     ("total_size", "size"),
-    ("total_bytes", "bytes"),
     ("row_estimate", "rows (est.)"),
 )
 
@@ -177,29 +177,21 @@ def _print_sixty_day(stats: dict[str, Any]) -> None:
 
 
 def _print_footprint(foot: dict[str, Any]) -> None:
-    print(f"Database footprint: tokentrace {foot['total_size']} (whole database {foot['database_bytes']:,} bytes)")
+    # Every size here is tables.format_bytes's (decimal units), as the report's own strings are.
+    print(f"Database footprint: tokentrace {foot['total_size']}"
+          f" (whole database {format_bytes(foot['database_bytes'])})")
     print(f"  oldest span {foot['oldest_span'] or '-'}   newest span {foot.get('newest_span') or '-'}")
-    if "bytes_per_day" in foot:
-        print(f"  growth {foot['spans_per_day']:,.0f} spans/day, {_size(foot['bytes_per_day'])}/day (last 7 days)"
-              f"   settles at {foot['projected_size']} (raw {foot['retention_days']} d,"
-              f" rollups {foot['rollup_retention_days']} d)")
+    print(f"  growth {foot['spans_per_day']:,.0f} spans/day, {format_bytes(foot['bytes_per_day'])}/day"
+          f" (last 7 days)   settles at {foot['projected_size']}"
+          f" (raw {foot['retention_days']} d, rollups {foot['rollup_retention_days']} d)")
     if foot.get("disk_cap_bytes"):
-        cap = _size(foot["disk_cap_bytes"])
+        cap = format_bytes(foot["disk_cap_bytes"])
         if foot["fits_within_cap"]:
             print(f"  fits within the {cap} cap")
         elif foot["days_until_cap"] is not None:
             print(f"  reaches the {cap} cap in {foot['days_until_cap']:,.1f} days")
-    columns = FOOTPRINT_TABLE + ((("exact_rows", "rows (exact)"),) if foot.get("row_counts") == "exact" else ())
-    print(render(foot["relations"], columns))
-
-
-def _size(n: float) -> str:
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1024 or unit == "TB":
-            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
-        value /= 1024
-    return f"{value:,.1f} TB"  # pragma: no cover - the loop always returns
+    exact = foot.get("row_counts_source") == "exact"
+    print(render(foot["relations"], FOOTPRINT_TABLE + ((("exact_rows", "rows (exact)"),) if exact else ())))
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -220,7 +212,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if result.released:
             print(
                 f"  spans gone in {result.removed_ms:,.1f} ms; "
-                f"{_size(result.bytes_released)} freed in {result.release_ms or 0.0:,.1f} ms more"
+                f"{format_bytes(result.bytes_released)} freed in {result.release_ms or 0.0:,.1f} ms more"
             )
     if failed:
         print(
@@ -258,6 +250,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tokentrace.demo import run_demo
 
     dsn = _dsn(args)
+    print(f"Store: {_where(dsn)}")
     run_demo(dsn, calls_per_model=args.calls, seed=args.seed, history_days=args.history_days)
     print()
     with reports.report_connection(dsn) as conn:
@@ -268,6 +261,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print_footprint(reports.footprint(conn))
     print("\nNext: `tokentrace serve` and open http://127.0.0.1:4318/ , or `tokentrace psql`.")
     return 0
+
+
+def _where(dsn: str) -> str:
+    """``dsn`` for people: the embedded server's directory, else the DSN without password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from tokentrace.store.embedded import default_data_dir
+
+    host = str(conninfo_to_dict(dsn).get("host") or "") if dsn else ""
+    if host and os.path.realpath(host) == os.path.realpath(default_data_dir()):
+        return f"embedded PostgreSQL in {host}"
+    return describe(dsn)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -347,7 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="simulate a fleet of models and print the reports",
                        description="Send a simulated fleet's spans through the real processor and "
-                       "exporter into the database, then print the three reports.")
+                       "exporter into the database, then print the three reports. Quiet: "
+                       "tokentrace's log lines (schema migrations, the embedded server starting) "
+                       "show only with -v; warnings always.")
+    # Also after the command (`tokentrace demo -v`); SUPPRESS keeps `tokentrace -v demo`'s count.
+    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                   help="show tokentrace's log lines (-vv for debug)")
     p.add_argument("--calls", type=_positive_int, default=60, help="inference calls per model (default 60)")
     p.add_argument("--history-days", type=int, default=14,
                    help="days of lighter traffic before the last hours (default 14; 0 for none)")
@@ -391,18 +401,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbosity: int) -> None:
+def _setup_logging(verbosity: int, command: str | None = None) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # pgserver narrates every pg_ctl call at INFO; keep it for -vv.
     logging.getLogger("pgserver").setLevel(logging.INFO if verbosity > 1 else logging.WARNING)
-    logging.getLogger("tokentrace").setLevel(min(level, logging.INFO))
+    # tokentrace says what it does at INFO (serve, migrate, prune); the demo's own output
+    # says that to a new user, so its INFO lines wait for -v.
+    logging.getLogger("tokentrace").setLevel(level if command == "demo" else min(level, logging.INFO))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.command)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -9,14 +9,27 @@ explicit timestamps (nothing sleeps), sent through
 :class:`~tokentrace.processor.TokenEfficiencySpanProcessor`, a
 ``BatchSpanProcessor`` and :class:`~tokentrace.exporter.PostgresSpanExporter` into
 the database, exactly as an instrumented application's would be.
+
+Output: what the demo did goes to stdout; its progress goes to one status line on
+stderr, redrawn in place on a terminal (elsewhere only its finished line is
+written). Log records never land inside that line: while the demo runs, the
+root logger's handlers that write to the terminal erase the line, write the record
+on a line of its own and draw the line again (:class:`StatusLine`). ``tokentrace
+demo`` shows tokentrace's INFO logs (the schema's migrations, the embedded server
+starting) only with ``-v``; warnings always.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, TextIO
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -46,13 +59,116 @@ FLEET = (
 )
 
 
-def _progress(done: int, total: int, label: str) -> None:
+_ERASE = "\r\x1b[K"  # to the line's start, then clear it (ANSI erase-in-line)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
+class StatusLine:
+    """One transient line of progress on ``stream``, kept apart from all other output.
+
+    On a terminal :meth:`show` redraws the line in place; anything else written
+    meanwhile goes through :meth:`interrupt`, which erases the line first and draws
+    it again after, so it gets lines of its own. On a pipe or a file only
+    :meth:`finish` writes (a whole line), so nothing can share a line with it there.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.terminal = _is_terminal(self.stream)
+        self._text = ""  # what the line shows now; "" when none is drawn
+        self._lock = threading.RLock()  # the exporter's thread logs while the demo draws
+
+    def show(self, text: str) -> None:
+        with self._lock:
+            self._text = text
+            if self.terminal:
+                self._write(_ERASE + text)
+
+    def finish(self, text: str | None = None) -> None:
+        """End the line: leave ``text`` (or what it shows) on it, then a newline."""
+        with self._lock:
+            final = self._text if text is None else text
+            self._text = ""
+            self._write((_ERASE if self.terminal else "") + final + "\n")
+
+    def clear(self) -> None:
+        """Take the line away (on a terminal), leaving nothing of it."""
+        with self._lock:
+            if self.terminal and self._text:
+                self._write(_ERASE)
+            self._text = ""
+
+    @contextmanager
+    def interrupt(self) -> Iterator[None]:
+        """Around other output to the same terminal: the line steps aside for it."""
+        with self._lock:
+            drawn = self.terminal and bool(self._text)
+            if drawn:
+                self._write(_ERASE)
+            try:
+                yield
+            finally:
+                if drawn:
+                    self._write(self._text)
+
+    def print(self, *values: Any, file: TextIO | None = None) -> None:
+        """``print()`` to ``file`` (stdout) on a line of its own."""
+        with self.interrupt():
+            print(*values, file=file if file is not None else sys.stdout, flush=True)
+
+    @contextmanager
+    def routing_logs(self) -> Iterator[None]:
+        """While in it, the root logger's handlers that write to stdout or stderr
+        write through :meth:`interrupt` (each wrapped in its place, then put back)."""
+        handlers = logging.getLogger().handlers
+        streams = {id(s) for s in (self.stream, sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)}
+        wrapped: list[_Interrupting] = []
+        for index, handler in enumerate(handlers):
+            if isinstance(handler, logging.StreamHandler) and id(handler.stream) in streams:
+                wrapper = _Interrupting(handler, self)
+                handlers[index] = wrapper  # in place: the handlers' order stays
+                wrapped.append(wrapper)
+        try:
+            yield
+        finally:
+            for wrapper in wrapped:
+                if wrapper in handlers:  # unless someone removed it meanwhile
+                    handlers[handlers.index(wrapper)] = wrapper.inner
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+
+class _Interrupting(logging.Handler):
+    """``inner`` (its level, filters, format and lock unchanged), with the status line
+    stepping aside for each record."""
+
+    def __init__(self, inner: logging.Handler, status: StatusLine) -> None:
+        super().__init__(inner.level)
+        self.inner = inner
+        self.status = status
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        with self.status.interrupt():
+            return bool(self.inner.handle(record))
+
+
+def _progress(status: StatusLine, done: int, total: int, label: str) -> None:
     width = 30
     filled = width * done // max(total, 1)
     bar = "#" * filled + "." * (width - filled)
-    end = "\n" if done >= total else ""
-    sys.stderr.write(f"\r  [{bar}] {done:4d}/{total} {label:<24}{end}")
-    sys.stderr.flush()
+    text = f"  [{bar}] {done:4d}/{total} {label}"
+    if done >= total:
+        status.finish(text)
+    else:
+        status.show(text)
 
 
 def _load(tracer: Tracer, model: SimModel, start_ns: int, rng: random.Random) -> int:
@@ -129,12 +245,22 @@ def run_demo(
     seed: int = 7,
     hours: float = 6.0,
     history_days: int = 14,
+    status: StatusLine | None = None,
 ) -> int:
     """Send the simulated fleet's spans to ``dsn``; returns the number of spans sent.
 
     Each model gets ``calls_per_model`` calls over the last ``hours`` (after a cold
-    load), and before that ``history_days`` days of lighter traffic.
+    load), and before that ``history_days`` days of lighter traffic. Progress is
+    drawn on ``status`` (default: a new one on stderr).
     """
+    line = status if status is not None else StatusLine()
+    with line.routing_logs():
+        return _run(dsn, calls_per_model, seed, hours, history_days, line)
+
+
+def _run(
+    dsn: str, calls_per_model: int, seed: int, hours: float, history_days: int, status: StatusLine
+) -> int:
     rng = random.Random(seed)
     processor = default_span_processor(dsn)
     provider = TracerProvider(
@@ -147,7 +273,7 @@ def run_demo(
     total = len(FLEET) * calls_per_model
     sent = done = 0
     failing = (rng.randrange(len(FLEET)), rng.randrange(calls_per_model))
-    print(
+    status.print(
         f"Simulating {len(FLEET)} models: {calls_per_model} calls each over the last {hours:g} hours"
         + (f", after {history_days} days of history" if history_days > 0 else "")
     )
@@ -165,8 +291,10 @@ def run_demo(
             sent += 1
             done += 1
             if done % 10 == 0 or done == total:
-                _progress(done, total, model.name)
-    print("Exporting spans to PostgreSQL ...", end=" ", flush=True)
+                _progress(status, done, total, model.name)
+    # The exporter may create the schema now (its first export), logging as it goes.
+    status.show("  exporting spans to PostgreSQL ...")
     provider.shutdown()
-    print(f"done: {sent} spans, 1 failed call")
+    status.clear()
+    status.print(f"Sent {sent} spans (1 failed call) to PostgreSQL")
     return sent

@@ -4,7 +4,12 @@ The CLI (``tokentrace report …``), the HTTP endpoints (``/telemetry/…``) and
 drop-in :class:`tokentrace.compat.Telemetry` all call these functions, which read
 the documented SQL objects (``tokentrace.efficiency()``, ``stats_60d``,
 ``model_trends_60d``, ``footprint``) and return JSON-ready dictionaries: numbers
-stay numbers, times are ISO 8601 strings in UTC.
+stay numbers, times are ISO 8601 strings in UTC, sizes for people are decimal
+(``"8.3 MB"``, 1 MB = 10⁶ bytes, see :func:`tokentrace.tables.format_bytes`) beside
+their byte counts.
+
+:func:`sixty_day` and :func:`footprint` carry the original system's keys, with its
+types, beside tokentrace's own (``docs/reports.md`` lists every key of both).
 
 Every report query runs with a statement timeout (``TOKENTRACE_REPORT_TIMEOUT_MS``,
 default 10 s) so a slow report cannot hold a connection forever.
@@ -15,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -27,6 +33,7 @@ from psycopg.rows import dict_row
 from tokentrace.config import env_int
 from tokentrace.store.connection import connect
 from tokentrace.store.pool import ConnectionPool
+from tokentrace.tables import format_bytes
 
 MAX_HOURS = 24 * 400
 
@@ -106,11 +113,14 @@ def efficiency(
 def sixty_day(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """Overall 60-day statistics and per-model trends (the original system's shape).
 
-    ``efficiency_change`` adds, per model, the last 24 hours' token-weighted ms/token
-    against the 60 days before them (``change_ratio`` 1.5 = 50 % slower now).
+    Each trend names its model twice: ``component`` (the original's key) and
+    ``model``. ``efficiency_change`` adds, per model, the last 24 hours'
+    token-weighted ms/token against the 60 days before them (``change_ratio`` 1.5 =
+    50 % slower now).
     """
     overall = _rows(conn, "SELECT * FROM tokentrace.stats_60d")[0]
     trends = _rows(conn, "SELECT * FROM tokentrace.model_trends_60d")
+    trends = [{"component": t["model"], **t} for t in trends]  # the original's name for the model
     change = _rows(conn, "SELECT * FROM tokentrace.efficiency_change")
     return {
         "overall": overall,
@@ -143,41 +153,54 @@ def footprint(
     """Size of every tokentrace relation, the total, its growth and where it is heading.
 
     Row counts are the catalog's estimates (fast at any size); ``exact=True`` adds
-    ``exact_rows`` per relation, counted (a full scan: slow on a big store). Growth is
+    ``exact_rows`` per relation, counted (a full scan: slow on a big store), and
+    makes ``row_counts`` those counts (``row_counts_source`` says which). Growth is
     measured over the last 7 days; ``projected_bytes`` is the size the store settles
     at once the retention windows are full; ``days_until_cap`` is set when a disk cap
     (``disk_cap_gb`` or ``TOKENTRACE_DISK_CAP_GB``) will be reached, ``fits_within_cap``
     says whether it ever will.
     """
     cap = disk_cap_bytes(disk_cap_gb)
+    monitored_at = time.time()
     relations = _rows(conn, "SELECT * FROM tokentrace.footprint")
     for rel in relations:
         rel.pop("oldest_span", None)
         rel.pop("newest_span", None)
+        # The view's total_size is pg_size_pretty's (1024-based "kB"): one system per report.
+        rel["total_size"] = format_bytes(rel["total_bytes"])
         if exact:
             rel["exact_rows"] = _count(conn, str(rel["relation"]))
     summary = _rows(conn, "SELECT * FROM tokentrace.footprint_summary(%s)", (cap,))[0]
     total = sum(int(r["total_bytes"]) for r in relations)
-    size = _rows(
-        conn,
-        "SELECT pg_size_pretty(%s::bigint) AS s, pg_size_pretty(%s::bigint) AS p, "
-        "pg_database_size(current_database()) AS d",
-        (total, summary["projected_bytes"]),
-    )[0]
+    database = _rows(conn, "SELECT pg_database_size(current_database()) AS d")[0]["d"]
+    rows_key = "exact_rows" if exact else "row_estimate"
     return {
+        # The original system's keys, with its types.
+        "table_sizes": [
+            {
+                "tablename": r["relation"],
+                "total_size": r["total_size"],
+                "size_bytes": int(r["total_bytes"]),
+            }
+            for r in relations
+        ],
+        "row_counts": {str(r["relation"]): int(r[rows_key]) for r in relations},
+        "oldest_telemetry_record": summary["oldest_span"],
+        "monitored_at": f"{monitored_at:.6f}",
+        # tokentrace's.
+        "row_counts_source": "exact" if exact else "estimated",
         "relations": relations,
         "total_bytes": total,
-        "total_size": size["s"],
-        "database_bytes": size["d"],
+        "total_size": format_bytes(total),
+        "database_bytes": database,
         "oldest_span": summary["oldest_span"],
         "newest_span": summary["newest_span"],
-        "row_counts": "exact" if exact else "estimated",
         "spans_per_day": summary["spans_per_day"],
         "bytes_per_day": summary["bytes_per_day"],
         "retention_days": summary["retention_days"],
         "rollup_retention_days": summary["rollup_retention_days"],
         "projected_bytes": summary["projected_bytes"],
-        "projected_size": size["p"],
+        "projected_size": format_bytes(summary["projected_bytes"]),
         "disk_cap_bytes": summary["disk_cap_bytes"],
         "fits_within_cap": summary["fits_within_cap"],
         "days_until_cap": summary["days_until_cap"],

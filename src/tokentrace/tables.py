@@ -1,9 +1,30 @@
-"""Plain-text tables for the CLI's human-readable reports."""
+"""Plain-text tables and sizes for the human-readable reports.
+
+Sizes for people are in decimal units, the same throughout a report and the CLI
+(``512 B``, ``8.3 MB``, ``1.0 GB``; 1 kB = 1000 bytes): the one size users set,
+``TOKENTRACE_DISK_CAP_GB``, counts 10⁹ bytes a GB, so a cap and the sizes measured
+against it read in the same units. Raw byte counts are for ``--json``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+_UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes for people: ``512 B``, ``8.3 MB``, ``1.0 GB`` (decimal units)."""
+    value = float(n)
+    if abs(round(value)) < 1000:
+        return f"{value:,.0f} B"
+    for unit in _UNITS[1:]:
+        value /= 1000
+        # Rounded first, so 999,960 bytes is "1.0 MB", not "1,000.0 kB".
+        if abs(round(value, 1)) < 1000:
+            return f"{value:,.1f} {unit}"
+    return f"{value:,.1f} {_UNITS[-1]}"
 
 
 def format_value(value: Any) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import venv
@@ -12,8 +14,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.helpers import query
+from tests.helpers import own_database, query
+from tests.integration.original_shapes import PRETTY_SIZE, assert_footprint, assert_statistics
+from tests.terminal import LOG_RECORD, in_a_terminal, screen_lines
 from tokentrace.demo import run_demo
+from tokentrace.tables import format_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,6 +26,44 @@ ROOT = Path(__file__).resolve().parents[2]
 def tokentrace(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tokentrace", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+PROGRESS = re.compile(r"  \[[#.]{30}\] +\d+/\d+ \S+")
+
+
+def test_demo_keeps_log_lines_off_its_progress_line(dsn: str) -> None:
+    with own_database(dsn, "tt_demo_terminal", migrated=False) as url:  # so it migrates, and logs that
+        env = {**os.environ, "TOKENTRACE_DSN": url}
+        returncode, raw = in_a_terminal(env, "-v", "demo", "--calls", "20", "--history-days", "1")
+    assert returncode == 0, raw[-3000:]
+    lines = screen_lines(raw)
+    logged = [line for line in lines if LOG_RECORD.search(line)]
+    assert any("applying migration 0001_spans.sql" in line for line in logged)  # -v: shown
+    for line in logged:
+        assert LOG_RECORD.match(line), f"a log record inside another line: {line!r}"
+        assert len(LOG_RECORD.findall(line)) == 1, line
+    progress = [line for line in lines if "[" in line and "/80 " in line]
+    assert progress and all(PROGRESS.fullmatch(line) for line in progress), progress
+    assert progress[-1].startswith("  [" + "#" * 30 + "]   80/80 ")
+    assert any(re.fullmatch(r"Sent \d+ spans \(1 failed call\) to PostgreSQL", line) for line in lines)
+    assert any(line.startswith("Efficiency over the last 24 h") for line in lines)
+
+
+def test_demo_is_quiet_unless_asked(dsn: str) -> None:
+    with own_database(dsn, "tt_demo_quiet", migrated=False) as url:
+        env = {**os.environ, "TOKENTRACE_DSN": url}
+        quiet = tokentrace(env, "demo", "--calls", "5", "--history-days", "0")
+    assert quiet.returncode == 0, quiet.stderr
+    assert not LOG_RECORD.search(quiet.stderr), quiet.stderr  # the migrations ran silently
+    # Not a terminal: only the finished progress line, no redraws.
+    assert quiet.stderr == "  [" + "#" * 30 + "]   20/20 llama3.1:70b\n"
+    assert quiet.stdout.splitlines()[0].startswith("Store: ") and "dbname=tt_demo_quiet" in quiet.stdout
+    with own_database(dsn, "tt_demo_verbose", migrated=False) as url:
+        env = {**os.environ, "TOKENTRACE_DSN": url}
+        verbose = tokentrace(env, "demo", "-v", "--calls", "5", "--history-days", "0")  # -v after the command
+    assert verbose.returncode == 0, verbose.stderr
+    logged = [line for line in verbose.stderr.splitlines() if LOG_RECORD.match(line)]
+    assert any(line.endswith("INFO tokentrace.store.migrate: applying migration 0001_spans.sql") for line in logged)
 
 
 def test_demo_then_reports(db: str, subprocess_env: dict[str, str]) -> None:
@@ -113,6 +156,71 @@ def test_prune_removes_the_spans_then_frees_their_files(db: str, subprocess_env:
     text = tokentrace(subprocess_env, "prune")
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith("pruned 0 day partition(s)")
+
+
+def test_prune_report_sizes_are_in_one_unit_system(db: str, subprocess_env: dict[str, str]) -> None:
+    old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=90)
+    table = f"spans_{old:%Y%m%d}"
+    query(db, "SELECT tokentrace.ensure_partitions(ARRAY[%s::date])", (old.date(),))
+    with psycopg.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO tokentrace.spans (trace_id, span_id, name, kind, model, operation, "
+            "start_time, end_time) SELECT int8send(i), int8send(i), repeat('x', 200), 'CLIENT', 'm', "
+            "'chat', %s, %s FROM generate_series(1, 2000) i",
+            (old, old),
+        )
+    size = query(db, "SELECT pg_total_relation_size(%s::regclass)", (f"tokentrace.{table}",))[0][0]
+    out = tokentrace(subprocess_env, "prune")
+    assert out.returncode == 0, out.stderr
+    summary, *rest = out.stdout.splitlines()
+    assert f"1 table(s) released, {size / 1e6:,.1f} MB freed" in summary  # decimal MB
+    freed = [line for line in rest if "freed in" in line]
+    assert len(freed) == 1 and f"; {format_bytes(size)} freed in " in freed[0], out.stdout  # decimal too
+
+
+def test_footprint_report_uses_one_unit_system(db: str, subprocess_env: dict[str, str]) -> None:
+    run_demo(db, calls_per_model=10, history_days=3)
+    out = tokentrace(subprocess_env, "report", "footprint")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    foot = json.loads(tokentrace(subprocess_env, "report", "footprint", "--json").stdout)["footprint"]
+    sizes = re.findall(r"[-\d][\d,.]* ?(?:B|kB|KB|KiB|MB|MiB|GB|GiB|TB|TiB|bytes)\b", text)
+    assert sizes, text
+    for size in sizes:  # every size on the page in format_bytes's units; no raw byte counts
+        assert PRETTY_SIZE.fullmatch(size), f"{size!r} in:\n{text}"
+    assert "bytes" not in text and f"{foot['total_bytes']:,}" not in text
+    header = re.fullmatch(r"Database footprint: tokentrace (.+) \(whole database (.+)\)", text.splitlines()[0])
+    assert header and all(PRETTY_SIZE.fullmatch(size) for size in header.groups()), text
+    table = text[text.index("relation "):].splitlines()
+    assert table[0].split() == ["relation", "size", "rows", "(est.)"]
+    # (Sizes move with autovacuum between two runs: the JSON's agreement with its own
+    # byte counts is checked in test_report_json_has_the_original_shapes.)
+    names = []
+    for row in table[2:]:
+        name, number, unit, rows = row.split()
+        assert PRETTY_SIZE.fullmatch(f"{number} {unit}") and re.fullmatch(r"\d{1,3}(,\d{3})*", rows), row
+        names.append(name)
+    assert names == [r["relation"] for r in foot["relations"]]
+
+    exact = tokentrace(subprocess_env, "report", "footprint", "--exact")
+    assert exact.returncode == 0, exact.stderr
+    assert "rows (exact)" in exact.stdout
+
+
+def test_report_json_has_the_original_shapes(db: str, subprocess_env: dict[str, str]) -> None:
+    run_demo(db, calls_per_model=5, history_days=1)
+    stats = json.loads(tokentrace(subprocess_env, "report", "60day", "--json").stdout)
+    assert stats["status"] == "success"
+    assert_statistics(stats["statistics"])
+    assert {t["component"] for t in stats["statistics"]["model_trends"]} == {
+        "llama3.2:3b", "qwen2.5:7b", "mistral:7b-instruct", "llama3.1:70b"}  # fmt: skip
+    before = dt.datetime.now().timestamp()
+    out = tokentrace(subprocess_env, "report", "footprint", "--json", "--exact")
+    after = dt.datetime.now().timestamp()
+    foot = json.loads(out.stdout)["footprint"]
+    assert_footprint(foot, before=before, after=after)
+    assert foot["row_counts_source"] == "exact"
+    assert foot["row_counts"]["spans"] == query(db, "SELECT count(*) FROM tokentrace.spans")[0][0]
 
 
 def test_unreachable_database_is_one_clear_line_without_password(subprocess_env: dict[str, str]) -> None:

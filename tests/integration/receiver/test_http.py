@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import json
 import socket
@@ -13,6 +14,7 @@ from google.rpc.status_pb2 import Status
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from tests.helpers import query
+from tests.integration.original_shapes import assert_footprint, assert_statistics
 from tests.integration.receiver.clients import Http, pb_request, pb_span, span_ids, valid_request
 from tests.integration.receiver.conftest import StartReceiver
 from tests.unit.receiver.test_decode import SPEC_EXAMPLE
@@ -302,6 +304,49 @@ def test_reports_match_the_report_functions(http: Http, db: str) -> None:
     names = [r["relation"] for r in footprint["footprint"]["relations"]]
     assert names == [r["relation"] for r in expected_footprint["relations"]] and "spans" in names
     assert footprint["footprint"]["oldest_span"] == expected_footprint["oldest_span"]
+
+
+def test_report_endpoints_answer_in_the_original_shapes(http: Http, db: str) -> None:
+    """Key by key and type by type, as JSON on the wire (docs/reports.md)."""
+    before = time.time()
+    empty = http.get("/telemetry/footprint").json()
+    after = time.time()
+    assert set(empty) == {"status", "footprint"} and empty["status"] == "success"
+    assert_footprint(empty["footprint"], before=before, after=after)
+    assert empty["footprint"]["oldest_telemetry_record"] is None  # null on an empty store
+    empty_stats = http.get("/telemetry/60day").json()
+    assert_statistics(empty_stats["statistics"])
+    assert empty_stats["statistics"]["overall"]["total_measurements"] == 0
+
+    assert http.post(_recent_request(17, "llama3.2", 3, 100)).status == 200
+    assert http.post(_recent_request(18, "qwen2.5", 2, 50)).status == 200
+    oldest, newest = query(db, "SELECT min(start_time), max(start_time) FROM tokentrace.spans")[0]
+    spans = _count(db)
+
+    stats = http.get("/telemetry/60day").json()
+    assert set(stats) == {"status", "statistics"} and stats["status"] == "success"
+    assert_statistics(stats["statistics"])
+    overall = stats["statistics"]["overall"]
+    assert (overall["total_measurements"], overall["unique_models"]) == (5, 2)
+    assert overall["oldest_record"] == oldest.astimezone(dt.timezone.utc).isoformat()
+    assert overall["newest_record"] == newest.astimezone(dt.timezone.utc).isoformat()
+    assert stats["statistics"]["model_trends"] == [
+        {"component": "llama3.2", "model": "llama3.2", "avg_efficiency": 20.0,
+         "measurement_count": 3, "total_tokens_processed": 300},
+        {"component": "qwen2.5", "model": "qwen2.5", "avg_efficiency": 40.0,
+         "measurement_count": 2, "total_tokens_processed": 100},
+    ]  # fmt: skip
+
+    before = time.time()
+    foot = http.get("/telemetry/footprint").json()
+    after = time.time()
+    assert set(foot) == {"status", "footprint"} and foot["status"] == "success"
+    assert_footprint(foot["footprint"], before=before, after=after)
+    footprint = foot["footprint"]
+    assert footprint["oldest_telemetry_record"] == oldest.astimezone(dt.timezone.utc).isoformat()
+    assert footprint["row_counts_source"] == "estimated"
+    assert {t["tablename"] for t in footprint["table_sizes"]} >= {"spans", "span_rollups", "settings"}
+    assert 0 <= footprint["row_counts"]["spans"] <= spans  # the catalog's estimate
 
 
 def test_responses_are_sent_without_waiting_for_an_ack(http: Http, receiver: Receiver) -> None:
