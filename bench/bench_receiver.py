@@ -25,7 +25,9 @@ gRPC wN / HTTP wN (``--workers N``)
     the kernel spreading the client threads' connections over them.
 gRPC before … (``--baseline-src DIR``)
     the same, with receivers run from another copy of ``src/`` (say, the last
-    commit's: ``git archive HEAD src | tar -x -C DIR``), in the same rounds. A receiver answers only after
+    commit's: ``git archive HEAD src | tar -x -C DIR``), in the same rounds, on a database
+    of their own (``tokentrace_before``, same server) migrated by that copy's migrations,
+    so its SQL (the rollup trigger) is the one measured too. A receiver answers only after
     the COPY is committed, so spans/s = spans ÷ (last answer − first send). Every
     answer is checked to be a full success, and the stored rows are counted. A
     receiver commits the requests in progress together (group commit); the spans
@@ -172,7 +174,29 @@ def make_request(spans: int, seed: int) -> bytes:
 def reset(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE tokentrace.spans")
+        # The link rows of the spans just removed (migration 0100 on): else the next
+        # phase's same span ids would meet this phase's rows.
+        conn.execute(
+            "DO $$ BEGIN IF to_regclass('tokentrace.call_links') IS NOT NULL THEN"
+            " TRUNCATE tokentrace.call_links; END IF; END $$"
+        )
         conn.execute("CHECKPOINT")
+
+
+def baseline_database(dsn: str, src: str) -> str:
+    """A database of its own for the "before" receivers, migrated by *their* migrations
+    (a receiver's SQL, the rollup trigger above all, is part of what is measured)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS tokentrace_before WITH (FORCE)")
+        conn.execute("CREATE DATABASE tokentrace_before")
+    url = make_conninfo(dsn, dbname="tokentrace_before")
+    subprocess.run(
+        [sys.executable, "-c", "import sys; from tokentrace.store.migrate import migrate; "
+         "migrate(sys.argv[1])", url],
+        env=dict(os.environ, PYTHONPATH=src),
+        check=True,
+    )  # fmt: skip
+    return url
 
 
 def stored(dsn: str) -> int:
@@ -404,16 +428,17 @@ class Bench:
         self.me = psutil.Process()
 
     def measure(
-        self, run: Callable[[], float], receivers: Sequence[ServeProcess] = ()
+        self, run: Callable[[], float], receivers: Sequence[ServeProcess] = (), dsn: str = ""
     ) -> dict[str, float]:
-        reset(self.dsn)
+        dsn = dsn or self.dsn
+        reset(dsn)
         pg_before, me_before = postgres_cpu(self.postmaster), cpu_seconds([self.me])
         procs = [p for r in receivers for p in r.processes()]
         rx_before = cpu_seconds(procs)
         seconds = run()
         pg_after, me_after = postgres_cpu(self.postmaster), cpu_seconds([self.me])
         rx_after = cpu_seconds(procs)
-        count = stored(self.dsn)
+        count = stored(dsn)
         if count != self.spans:
             raise RuntimeError(f"stored {count} rows, expected {self.spans}")
 
@@ -893,7 +918,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             phoenix: dict[str, list[dict[str, float]]] = {}
             try:
-                results = run_rounds(bench, setups(args), args.runs)
+                baseline_dsn = (
+                    baseline_database(dsn, args.baseline_src) if args.baseline_src else None
+                )
+                results = run_rounds(bench, setups(args, baseline_dsn), args.runs)
                 if args.phoenix:
                     phoenix = run_phoenix(bench, args, phoenix_requests(args, requests))
             finally:
@@ -923,14 +951,15 @@ class Setup:
     processes: int = 1  # separate `tokentrace serve` processes, request i to i mod n
     workers: int = 1  # `tokentrace serve --workers N` (one process group)
     src: str | None = None  # PYTHONPATH of another copy of the package
+    dsn: str | None = None  # a database of its own (the baseline's schema), else the bench's
 
 
-def setups(args: argparse.Namespace) -> list[Setup]:
+def setups(args: argparse.Namespace, baseline_dsn: str | None = None) -> list[Setup]:
     out = [Setup(f"×{n}", processes=n) for n in _counts(args.receivers)]
     out += [Setup(f"w{n}", workers=n) for n in _counts(args.workers)]
     if args.baseline_src:
         out = [
-            Setup(f"before {s.label}", s.processes, s.workers, args.baseline_src)
+            Setup(f"before {s.label}", s.processes, s.workers, args.baseline_src, baseline_dsn)
             for s in out
             if s.workers == 1  # the baseline may predate --workers
         ] + out
@@ -948,7 +977,7 @@ def run_rounds(
     servers = {
         setup.label: [
             ServeProcess(
-                bench.dsn,
+                setup.dsn or bench.dsn,
                 bench.workdir / f"serve-{i}-{i_proc}.log",
                 workers=setup.workers,
                 src=setup.src,
@@ -957,12 +986,13 @@ def run_rounds(
         ]
         for i, setup in enumerate(configs)
     }
+    dsns = {setup.label: setup.dsn or bench.dsn for setup in configs}
     results: dict[str, list[dict[str, float]]] = {}
     try:
         for run in range(runs):
-            phases: list[tuple[str, Callable[[], float], Sequence[ServeProcess]]] = [
-                ("raw COPY", bench.raw_copy, ()),
-                ("SpanWriter", bench.span_writer, ()),
+            phases: list[tuple[str, Callable[[], float], Sequence[ServeProcess], str]] = [
+                ("raw COPY", bench.raw_copy, (), bench.dsn),
+                ("SpanWriter", bench.span_writer, (), bench.dsn),
             ]
             for label, group in servers.items():
                 phases.append(
@@ -970,6 +1000,7 @@ def run_rounds(
                         f"gRPC {label}",
                         bench.sender(grpc_client([s.grpc_port for s in group])),
                         group,
+                        dsns[label],
                     )
                 )
                 phases.append(
@@ -977,10 +1008,11 @@ def run_rounds(
                         f"HTTP {label}",
                         bench.sender(http_client([s.http_port for s in group])),
                         group,
+                        dsns[label],
                     )
                 )
-            for name, run_phase, receivers in phases:
-                results.setdefault(name, []).append(bench.measure(run_phase, receivers))
+            for name, run_phase, receivers, dsn in phases:
+                results.setdefault(name, []).append(bench.measure(run_phase, receivers, dsn))
             print(
                 f"run {run + 1}: "
                 + ", ".join(f"{k} {v[-1]['rate']:,.0f}/s" for k, v in results.items()),
