@@ -266,7 +266,7 @@ def test_spans_stored_without_an_operation_count_once_migrated(dsn: str) -> None
             "phi3": (0, 0, 0), "gpt-4o": (1, 10, 100), "gpt-4o-2024-08-06": (1, 10, 70)
         }  # fmt: skip
 
-        assert migrate(url) == ["0100_calls_count_once.sql"]
+        assert migrate(url)[0] == "0100_calls_count_once.sql"
         assert _efficiency(url) == {"phi3": (1, 0, 9), "gpt-4o-2024-08-06": (1, 10, 70)}
         assert query(url, "SELECT span_id, wrapper FROM tokentrace.spans ORDER BY trace_id, span_id") == [
             ((1).to_bytes(8, "big"), False),

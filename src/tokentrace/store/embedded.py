@@ -73,9 +73,14 @@ def embedded_dsn(data_dir: Path | None = None) -> str:
     return uri
 
 
+def pg_binary(name: str) -> str:
+    """A PostgreSQL program shipped with pgserver (``psql``, ``pg_dump``, …)."""
+    return str(Path(_import_pgserver().__file__).parent / "pginstall" / "bin" / name)
+
+
 def psql_path() -> str:
     """The psql binary shipped with pgserver (used when none is on PATH)."""
-    return str(Path(_import_pgserver().__file__).parent / "pginstall" / "bin" / "psql")
+    return pg_binary("psql")
 
 
 def stop_embedded() -> None:

@@ -103,3 +103,12 @@ def is_current(dsn: str) -> bool:
         if not exists or exists[0] is None:
             return False
         return set(_applied(conn)) >= {m.version for m in available()}
+
+
+def migrate_if_needed(dsn: str) -> list[str]:
+    """:func:`migrate` unless :func:`is_current` says there is nothing to apply.
+
+    The check reads one table without the advisory lock, so processes starting
+    together on a current schema do not queue for the lock.
+    """
+    return [] if is_current(dsn) else migrate(dsn)

@@ -20,17 +20,6 @@ from tokentrace.cli import main
 from tokentrace.store.rows import SpanData, build_row
 from tokentrace.store.writer import SpanWriter
 
-# Functions that only compute (no table access): SECURITY INVOKER, callable by anyone.
-PURE = {
-    "bucket_floor", "bucket_ceil", "mpt_bin", "mpt_value", "mpt_merge", "mpt_quantile",
-    "mpt_unit", "mpt_pack", "mpt_digits", "mpt_unpack", "report_function_names",
-    "counts_as_call", "is_load",
-}  # fmt: skip
-# Functions that change things: SECURITY INVOKER, no EXECUTE for PUBLIC or readers.
-WRITE = {
-    "ensure_partitions", "prune", "rebuild_rollups", "rollup_new_spans", "grant_reader",
-    "secure_report_functions", "fill_rollup_totals",
-}  # fmt: skip
 # How a reader calls each report function (tokentrace.report_function_names()).
 CALLS = {
     "retention_days": "SELECT tokentrace.retention_days()",
@@ -295,28 +284,32 @@ def test_roles_that_can_do_more_than_read_are_refused(
 
 
 def test_every_function_is_classified_and_only_report_functions_run_as_their_owner(db: str) -> None:
-    """A new function must be added to tokentrace.report_function_names() (a report a
-    reader may call: it becomes SECURITY DEFINER), or to PURE or WRITE here."""
-    [(names,)] = query(db, "SELECT tokentrace.report_function_names()")
+    """Every function's comment names its role (migration 0110): report (a reader may
+    call it: SECURITY DEFINER, fixed search_path), pure, or write (no PUBLIC EXECUTE)."""
     rows = query(
         db,
-        "SELECT p.proname::text, p.prosecdef, p.proconfig, "
-        "has_function_privilege('public', p.oid, 'EXECUTE') "
-        "FROM pg_proc p WHERE p.pronamespace = 'tokentrace'::regnamespace",
+        "SELECT p.oid::regprocedure::text, p.prosecdef, p.proconfig,"
+        " has_function_privilege('public', p.oid, 'EXECUTE'), p.prorettype = 'trigger'::regtype,"
+        " substring(obj_description(p.oid, 'pg_proc') from '[(]tokentrace: ([a-z]+)[)]$')"
+        " FROM pg_proc p WHERE p.pronamespace IN"
+        " ('tokentrace'::regnamespace, 'tokentrace_expired'::regnamespace)",
     )
-    found = {name for name, *_ in rows}
-    unclassified = found - set(names) - PURE - WRITE
-    assert not unclassified, f"classify these functions: {sorted(unclassified)}"
-    for name, definer, config, public in rows:
-        if name in names:
-            assert definer, name
+    unclassified = sorted(fn for fn, *_, role in rows if role not in ("report", "pure", "write"))
+    assert not unclassified, f"give these functions a comment ending in their role: {unclassified}"
+    [(names,)] = query(db, "SELECT tokentrace.report_function_names()")
+    assert set(names) == {fn.split(".")[1].split("(")[0] for fn, *_, role in rows if role == "report"}
+    for fn, definer, config, public, trigger, role in rows:
+        if role == "report":
+            assert definer, fn
             # A fixed search_path; besides it, only a planner setting (0070, 0080).
-            assert "search_path=pg_catalog, tokentrace, pg_temp" in config, (name, config)
+            assert "search_path=pg_catalog, tokentrace, pg_temp" in config, (fn, config)
             assert set(config) <= {
                 "search_path=pg_catalog, tokentrace, pg_temp",
                 "plan_cache_mode=force_generic_plan",
-            }, (name, config)
+            }, (fn, config)
         else:
-            assert not definer, f"{name} runs as its owner but is not a report function"
-        if name in WRITE - {"rollup_new_spans"}:
-            assert not public, f"PUBLIC may execute {name}"
+            assert not definer, f"{fn} runs as its owner but is not a report function"
+        if role == "write" and not trigger:
+            assert not public, f"PUBLIC may execute {fn}"
+        if role == "pure":
+            assert public, f"{fn} is pure: anyone may call it"
