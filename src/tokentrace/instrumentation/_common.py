@@ -12,6 +12,17 @@
 * Telemetry never changes the caller's outcome: helpers called after the wrapped
   call go through :func:`guard` (or :meth:`Call.end`), which log and swallow their
   own failures.
+* Beside other instrumentations of the same client (OpenLLMetry, OpenLIT,
+  OpenInference; see ``docs/instrumentation.md``) a call makes one span, not two.
+  While tokentrace records a call it sets OpenLLMetry's context key
+  ``suppress_language_model_instrumentation`` (:data:`LM_SUPPRESS_KEY`), which
+  OpenLLMetry's wrappers below it honour by skipping the call. When the call is
+  made inside another instrumentation's span of the same call, :func:`host_span`
+  finds it and the :class:`Call` *borrows* it: no span of its own, tokentrace's
+  facts added to that span (see :meth:`Call._lend`). A :class:`Patcher` made with
+  ``outermost=True`` keeps its wrappers above any applied later (see
+  :meth:`Patcher.restack`), for instrumentations whose span a wrapper below them
+  cannot see.
 * This code runs on every model call, so it keeps work off that path: the context
   is looked up once per call (:func:`enabled_context`), what depends only on the
   server is computed once per client URL (:class:`Servers`), what a call starts
@@ -28,6 +39,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Mapping
 from contextvars import Token
 from dataclasses import dataclass
@@ -42,6 +54,7 @@ from opentelemetry.metrics import get_meter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from tokentrace import attributes as A
+from tokentrace.dialects import INPUT_TOKEN_KEYS, OUTPUT_TOKEN_KEYS, REQUEST_MODEL_KEYS
 from tokentrace.instrumentation._metrics import GenAIMetrics, TokenAttrs, token_attrs
 
 if TYPE_CHECKING:
@@ -60,6 +73,8 @@ else:
     from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
 __all__ = [
+    "LM_SUPPRESS_KEY",
+    "SUPPRESSED_BY_US",
     "BaseInstrumentor",
     "Call",
     "Patcher",
@@ -67,6 +82,7 @@ __all__ = [
     "Servers",
     "Shape",
     "Telemetry",
+    "attributes_of",
     "base_url",
     "capture_content_default",
     "chat_messages",
@@ -74,8 +90,10 @@ __all__ = [
     "field",
     "fields",
     "guard",
+    "host_span",
     "mark_error",
     "start_call",
+    "suppress_below",
     "telemetry_from",
     "text_messages",
     "to_json",
@@ -161,6 +179,104 @@ def enabled_context() -> otel_context.Context | None:
     if ctx.get(_SUPPRESS_KEY) or ctx.get(_SUPPRESS_KEY_OLD):
         return None
     return ctx
+
+
+LM_SUPPRESS_KEY = "suppress_language_model_instrumentation"
+"""OpenLLMetry's context key for "this model call is already traced above".
+
+``SUPPRESS_LANGUAGE_MODEL_INSTRUMENTATION_KEY`` of ``opentelemetry-semantic-conventions-ai``:
+a plain string used as the key, read with ``context.get_value(key)`` and tested for
+truth. OpenLLMetry's client instrumentors (Ollama, OpenAI, …) skip a call made while
+it is set; its LangChain callback handler sets it under the LLM span it makes.
+"""
+
+
+class _Ours:
+    """The (truthy) value tokentrace sets :data:`LM_SUPPRESS_KEY` to."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "tokentrace"
+
+
+SUPPRESSED_BY_US: Any = _Ours()
+"""The key's value while a tokentrace wrapper runs a call: a wrapper of tokentrace's
+below it (see :meth:`Patcher.restack`) then knows the call is recorded already."""
+
+
+def suppress_below(parent: otel_context.Context) -> Token[otel_context.Context]:
+    """Attach ``parent`` with :data:`LM_SUPPRESS_KEY` set by tokentrace; detach the token
+    when the wrapped call returns."""
+    return otel_context.attach(otel_context.set_value(LM_SUPPRESS_KEY, SUPPRESSED_BY_US, parent))
+
+
+# What kind of call a span is, from its operation in each dialect tokentrace reads:
+# "generation" (chat, completion: tokens out) or "embeddings".
+_GENERATION = "generation"
+_EMBEDDINGS = "embeddings"
+_FAMILIES = {
+    A.OP_CHAT: _GENERATION,
+    A.OP_TEXT_COMPLETION: _GENERATION,
+    A.OP_GENERATE_CONTENT: _GENERATION,
+    A.OP_EMBEDDINGS: _EMBEDDINGS,
+}
+_REQUEST_TYPE_FAMILIES = {  # OpenLLMetry's llm.request.type
+    "chat": _GENERATION,
+    "completion": _GENERATION,
+    "embedding": _EMBEDDINGS,
+    "embeddings": _EMBEDDINGS,
+}
+_SPAN_KIND_FAMILIES = {"LLM": _GENERATION, "EMBEDDING": _EMBEDDINGS}  # OpenInference
+
+
+def attributes_of(span: Any) -> Callable[[str], Any] | None:
+    """``get`` of a live span's attributes: its dict's own ``get`` for an SDK span."""
+    bounded = getattr(span, "_attributes", None)
+    inner = getattr(bounded, "_dict", None)
+    if type(inner) is dict:
+        return inner.get
+    attrs = getattr(span, "attributes", None)
+    return attrs.get if isinstance(attrs, Mapping) else None
+
+
+def _family(get: Callable[[str], Any]) -> str | None:
+    operation = get(A.GEN_AI_OPERATION_NAME)
+    if operation is not None:
+        return _FAMILIES.get(operation)
+    request_type = get(A.LLM_REQUEST_TYPE)
+    if request_type is not None:
+        return _REQUEST_TYPE_FAMILIES.get(request_type)
+    kind = get(A.OPENINFERENCE_SPAN_KIND)
+    return None if kind is None else _SPAN_KIND_FAMILIES.get(kind)
+
+
+def host_span(ctx: otel_context.Context, operation: str, model: str) -> Span | None:
+    """The current span, when it is another instrumentation's span of this very call.
+
+    That is: it records; its operation (``gen_ai.operation.name``, OpenLLMetry's
+    ``llm.request.type`` or OpenInference's span kind) is of the same kind as
+    ``operation`` (chat and completion alike generate tokens; embeddings are
+    apart); its request model, in any dialect, is ``model``; and no call has
+    lent it tokentrace's facts yet (it has no ``tokentrace.token_source``). Only
+    the current span is looked at, never its ancestors: a span in between means
+    the GenAI span above is not this call's. A few dict reads, and only when the
+    current span records.
+    """
+    span = trace.get_current_span(ctx)
+    if not span.is_recording():
+        return None
+    get = attributes_of(span)
+    if get is None:
+        return None
+    family = _FAMILIES.get(operation)
+    if family is None or _family(get) != family or get(A.TT_TOKEN_SOURCE) is not None:
+        return None
+    for key in REQUEST_MODEL_KEYS:
+        value = get(key)
+        if value is not None:
+            return span if value == model else None
+    return None
 
 
 def field(obj: Any, name: str) -> Any:
@@ -332,6 +448,11 @@ def chat_messages(messages: Any) -> str:
     return to_json(out)
 
 
+_OWN_PREFIX = "tokentrace."
+# Lent to no other instrumentation's span: content is its owner's to record or not.
+_NEVER_LENT = frozenset((A.GEN_AI_INPUT_MESSAGES, A.GEN_AI_OUTPUT_MESSAGES))
+
+
 class Call:
     """One instrumented call: a span, its clock, and what it produced.
 
@@ -343,6 +464,16 @@ class Call:
 
     Attributes learnt from the response go into :attr:`attrs` and reach the span in
     one ``set_attributes`` when the call finishes (one lock, not one per key).
+
+    While the wrapped call runs, :data:`LM_SUPPRESS_KEY` is set in its context, so
+    that an OpenLLMetry wrapper below tokentrace's skips the call.
+
+    With a ``host`` (another instrumentation's span of this call, see
+    :func:`host_span`) the call *borrows* that span instead of starting one
+    (:attr:`owned` is False): it never ends it, nor marks it failed (its owner
+    does both), records no metrics (its owner records its own: the call would be
+    counted twice) and, when the call succeeds, adds to it what tokentrace knows
+    that the span does not say (see :meth:`_lend`).
     """
 
     __slots__ = (
@@ -358,6 +489,7 @@ class Call:
         "last_ns",
         "metric_attrs",
         "output_tokens",
+        "owned",
         "recording",
         "shape",
         "span",
@@ -374,21 +506,28 @@ class Call:
         attrs: Mapping[str, Any],
         parent: otel_context.Context | None = None,
         metric_attrs: Mapping[str, Any] | None = None,
+        host: Span | None = None,
     ) -> None:
         """Start the span with ``attrs`` (which the SDK copies; never mutated here).
 
         ``metric_attrs`` are the metrics' attributes when the caller has them at hand
         (they are never mutated either: a change makes a new dict); else they are
         picked from ``attrs``. ``parent`` is the context the call was made in, when
-        the caller already looked it up (``None``: the current one).
+        the caller already looked it up (``None``: the current one). ``host``: the
+        span to borrow instead of starting one (see the class docs).
         """
         self.telemetry = telemetry
         self._parent = parent
         self.start_ns = time.time_ns()
         self._t0 = time.perf_counter_ns()
-        self.span = telemetry.tracer.start_span(
-            name, context=parent, kind=kind, attributes=attrs, start_time=self.start_ns
-        )
+        if host is None:
+            self.span = telemetry.tracer.start_span(
+                name, context=parent, kind=kind, attributes=attrs, start_time=self.start_ns
+            )
+            self.owned = True
+        else:
+            self.span = host
+            self.owned = False
         self.recording = self.span.is_recording()
         self.attrs: dict[str, Any] = {}
         self.metric_attrs: Mapping[str, Any] = (
@@ -409,8 +548,14 @@ class Call:
         self.token_attrs: TokenAttrs | None = None
 
     def __enter__(self) -> Call:
-        """Make the span current (for the library's own nested spans)."""
-        self._token = otel_context.attach(trace.set_span_in_context(self.span, self._parent))
+        """Make the span current (for the library's own nested spans), and tell the
+        instrumentations below that the call is traced (:data:`LM_SUPPRESS_KEY`)."""
+        parent = self._parent
+        if self.owned:
+            parent = trace.set_span_in_context(self.span, parent)
+        elif parent is None:
+            parent = otel_context.get_current()
+        self._token = suppress_below(parent)
         return self
 
     def __exit__(
@@ -465,7 +610,8 @@ class Call:
 
     def fail(self, exc: BaseException) -> None:
         """End the call as failed by ``exc`` (which the caller then re-raises)."""
-        guard(mark_error, self.span, exc)
+        if self.owned:  # a borrowed span's owner records the exception itself
+            guard(mark_error, self.span, exc)
         self.metric_attrs = {**self.metric_attrs, A.ERROR_TYPE: type(exc).__qualname__}
         self.token_attrs = None
         self.finish(failed=True)
@@ -490,6 +636,10 @@ class Call:
                 out = self.output_tokens
                 if tpot_s is None and out is not None and out >= 2:
                     tpot_s = (self.last_ns - first_ns) / _NS_PER_S / (out - 1)
+            if not self.owned:
+                if self.recording and not failed:
+                    self._lend()
+                return
             if self.recording and self.attrs:
                 self.span.set_attributes(self.attrs)
             self.telemetry.metrics.record(
@@ -504,16 +654,85 @@ class Call:
             )
         except Exception:  # noqa: BLE001 - telemetry must never break the caller
             _log.debug("tokentrace: recording a call failed", exc_info=True)
+            if not self.owned:
+                return
         self.span.end()
 
+    def _lend(self) -> None:
+        """Add tokentrace's facts to the borrowed span, keeping what it already says.
 
-def start_call(telemetry: Telemetry, shape: Shape, parent: otel_context.Context) -> Call:
-    """A client call's :class:`Call` (kind ``CLIENT``) as ``shape`` says, in ``parent``."""
+        Added: every ``tokentrace.*`` attribute (server timings, stream timing,
+        ``prompt_cached``), ``tokentrace.token_source``, and each other attribute the
+        span lacks: a token count only when it has none in any dialect, the
+        response model, finish reasons, time to first chunk. Never added: message
+        content (the span's owner has its own content policy). The processor then
+        derives ms/token on the span when it ends, as on tokentrace's own.
+        """
+        span = self.span
+        if not span.is_recording():  # its owner ended it already
+            return
+        get = attributes_of(span)
+        if get is None:
+            return
+        lent: dict[str, Any] = {}
+        for key, value in self.attrs.items():
+            if key.startswith(_OWN_PREFIX) or (key not in _NEVER_LENT and get(key) is None):
+                lent[key] = value
+        source = lent.get(A.TT_TOKEN_SOURCE)
+        if any(get(key) is not None for key in INPUT_TOKEN_KEYS):
+            lent.pop(A.GEN_AI_USAGE_INPUT_TOKENS, None)
+        if any(get(key) is not None for key in OUTPUT_TOKEN_KEYS):
+            lent.pop(A.GEN_AI_USAGE_OUTPUT_TOKENS, None)
+            source = A.SOURCE_REPORTED  # the span's own count, not an estimate of ours
+        if source is None:
+            source = A.SOURCE_REPORTED if self.output_tokens is not None else A.SOURCE_MISSING
+        lent[A.TT_TOKEN_SOURCE] = source
+        span.set_attributes(lent)
+
+
+def start_call(
+    telemetry: Telemetry, shape: Shape, parent: otel_context.Context, host: Span | None = None
+) -> Call:
+    """A client call's :class:`Call` (kind ``CLIENT``) as ``shape`` says, in ``parent``;
+    borrowing ``host`` when given (see :func:`host_span`)."""
     call = Call(
-        telemetry, shape.name, SpanKind.CLIENT, shape.attrs, parent, shape.metric_attrs
+        telemetry, shape.name, SpanKind.CLIENT, shape.attrs, parent, shape.metric_attrs, host
     )
     call.shape = shape
     return call
+
+
+class _Patch:
+    """One method tokentrace wrapped: where, with what, and the wrapper object itself."""
+
+    __slots__ = ("method", "owner", "wrapper", "wrapping")
+
+    def __init__(self, owner: type, method: str, wrapper: Wrapper, wrapping: Any) -> None:
+        self.owner = owner
+        self.method = method
+        self.wrapper = wrapper
+        self.wrapping = wrapping  # the FunctionWrapper, wherever it now is in the chain
+
+
+def _unlink(owner: type, method: str, wrapping: Any) -> bool:
+    """Take ``wrapping`` out of the chain of wrappers on ``owner.method``; False if absent.
+
+    On top, the attribute is set back to what it wraps; below another wrapper, that
+    wrapper is made to wrap what ``wrapping`` wrapped (wrapt lets ``__wrapped__`` be
+    set), so the wrappers applied after tokentrace's stay as they are.
+    """
+    node: Any = vars(owner).get(method)
+    if node is wrapping:
+        setattr(owner, method, wrapping.__wrapped__)
+        return True
+    while isinstance(node, wrapt.FunctionWrapper):
+        inner: Any = node.__wrapped__
+        if inner is wrapping:
+            # wrapt proxies accept a new __wrapped__ (typed as read-only in its stubs)
+            setattr(node, "__wrapped__", wrapping.__wrapped__)  # noqa: B010
+            return True
+        node = inner
+    return False
 
 
 class Patcher:
@@ -521,15 +740,22 @@ class Patcher:
 
     Targets are ``(module, "Class.method", wrapper)``. :meth:`apply` registers a
     post-import hook per module (wrapt runs it at once for a module already
-    imported); :meth:`remove` unwraps what was wrapped and disarms hooks that have
-    not fired yet, so a later import wraps nothing.
+    imported); :meth:`remove` unwraps what was wrapped, wherever other wrappers
+    have put it in the chain since, and disarms hooks that have not fired yet, so a
+    later import wraps nothing.
+
+    ``outermost=True``: after any ``BaseInstrumentor.instrument()`` (in process, or
+    by ``opentelemetry-instrument``) the wrappers are put back on top of any
+    applied over them since (:meth:`restack`), so tokentrace's wrapper runs first
+    whatever the order of instrumenting.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, outermost: bool = False) -> None:
         self._targets: list[tuple[str, str, Wrapper]] = []
-        self._wrapped: list[tuple[type, str]] = []
+        self._wrapped: list[_Patch] = []
         self._generation = 0
         self._lock = threading.Lock()
+        self._outermost = outermost
 
     def add(self, module: str, path: str, wrapper: Wrapper) -> None:
         self._targets.append((module, path, wrapper))
@@ -538,6 +764,8 @@ class Patcher:
         with self._lock:
             self._generation += 1
             generation = self._generation
+        if self._outermost:
+            _keep_outermost(self)
         for module in dict.fromkeys(target[0] for target in self._targets):
             hook = functools.partial(self._on_import, generation, module)
             wrapt.register_post_import_hook(hook, module)
@@ -557,13 +785,67 @@ class Patcher:
             _log.debug("tokentrace: %s.%s not found; not instrumented", module.__name__, path)
             return
         wrapt.wrap_function_wrapper(owner, method, wrapper)
-        self._wrapped.append((owner, method))
+        self._wrapped.append(_Patch(owner, method, wrapper, vars(owner)[method]))
+
+    def restack(self) -> None:
+        """Put each wrapper back on top of the wrappers applied over it since.
+
+        Another instrumentation that wraps the same method after tokentrace runs
+        first. OpenLLMetry's Ollama wrapper then starts its span without making it
+        current, so tokentrace's below it cannot see it (and records a second span);
+        on top, tokentrace sets :data:`LM_SUPPRESS_KEY` and OpenLLMetry's skips.
+        The wrapper is taken out of its place in the chain (:func:`_unlink`) and
+        wrapped around the whole chain afresh.
+        """
+        with self._lock:
+            for patch in self._wrapped:
+                owner, method = patch.owner, patch.method
+                if vars(owner).get(method) is patch.wrapping:
+                    continue  # on top still: the common case
+                if not _unlink(owner, method, patch.wrapping):
+                    continue  # no longer there: someone put the original back
+                patch.wrapping = wrapt.FunctionWrapper(vars(owner)[method], patch.wrapper)
+                setattr(owner, method, patch.wrapping)
 
     def remove(self) -> None:
         with self._lock:
             self._generation += 1
             wrapped, self._wrapped = self._wrapped, []
-        for owner, method in reversed(wrapped):
-            current = vars(owner).get(method)
-            if isinstance(current, wrapt.FunctionWrapper):
-                setattr(owner, method, current.__wrapped__)
+        _OUTERMOST.discard(self)
+        for patch in reversed(wrapped):
+            _unlink(patch.owner, patch.method, patch.wrapping)
+
+
+# Patchers that keep their wrappers on top (see Patcher.restack), and whether
+# BaseInstrumentor.instrument is wrapped to restack them after every instrument().
+_OUTERMOST: weakref.WeakSet[Patcher] = weakref.WeakSet()
+_restacking = False
+_restacking_lock = threading.Lock()
+
+
+def _keep_outermost(patcher: Patcher) -> None:
+    global _restacking
+    _OUTERMOST.add(patcher)
+    with _restacking_lock:
+        if _restacking:
+            return
+        _restacking = True
+    from opentelemetry.instrumentation import instrumentor
+
+    # Every instrumentation of the OpenTelemetry kind (OpenLLMetry's, OpenLIT's,
+    # OpenInference's, and what opentelemetry-instrument loads) patches inside
+    # BaseInstrumentor.instrument(): just after it is the moment to restack, before
+    # any call is made through the new wrapper. Never removed: with no patcher left
+    # it only calls through.
+    base = getattr(instrumentor, "BaseInstrumentor")  # noqa: B009 - untyped upstream
+    wrapt.wrap_function_wrapper(base, "instrument", _restack_after)
+
+
+def _restack_after(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        for patcher in list(_OUTERMOST):
+            guard(patcher.restack)

@@ -44,6 +44,25 @@ What the span records, from the response (the final ``done`` chunk of a stream):
 Errors (``ollama.ResponseError`` for an unknown model, connection errors) mark the
 span ``ERROR`` with ``error.type`` and are re-raised unchanged. Prompt and reply
 text are recorded only with ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.
+
+Beside other Ollama instrumentations, one call makes one span:
+
+* OpenLLMetry's ``opentelemetry-instrumentation-ollama`` (and OpenLIT's) wrap the same
+  ``Client._request``. OpenLLMetry's starts its span without making it current, so
+  a wrapper below it cannot tell the call is traced; tokentrace therefore keeps its
+  wrapper on top of theirs whatever the order of instrumenting (it re-wraps on top
+  after every ``BaseInstrumentor.instrument()``), and sets OpenLLMetry's
+  ``suppress_language_model_instrumentation`` context key for the call, which makes
+  OpenLLMetry's wrapper skip it. The span is tokentrace's.
+* Inside another instrumentation's span of the same call (the current span is a
+  recording GenAI span of the same kind — chat/completion, or embeddings — for the
+  same request model, e.g. LangChain's ``ChatOllama.chat`` span or OpenInference's
+  ``Client.chat`` span), no span is started: that span gets tokentrace's server
+  timings, stream timing, ``tokentrace.token_source``, the ``load_model`` child span
+  and whatever usage it lacks (see ``docs/instrumentation.md``).
+* With the key already set by someone else (OpenLLMetry's LangChain handler sets it
+  under its LLM span), tokentrace starts no span either: it adds its facts to the
+  current span when that is the call's span as above, and otherwise records nothing.
 """
 
 from __future__ import annotations
@@ -62,10 +81,12 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 
 from tokentrace import attributes as A
 from tokentrace.instrumentation._common import (
+    LM_SUPPRESS_KEY,
+    SUPPRESSED_BY_US,
     BaseInstrumentor,
     Call,
     Patcher,
@@ -76,7 +97,9 @@ from tokentrace.instrumentation._common import (
     chat_messages,
     enabled_context,
     guard,
+    host_span,
     start_call,
+    suppress_below,
     telemetry_from,
     text_messages,
     to_json,
@@ -112,7 +135,7 @@ __all__ = ["DEFAULT_MIN_LOAD_MS", "OllamaInstrumentor"]
 class _Request:
     """What a call asked for, read from the request body ollama-python built."""
 
-    __slots__ = ("body", "context", "model", "operation", "server", "shape", "stream")
+    __slots__ = ("body", "context", "host", "model", "operation", "server", "shape", "stream")
 
     def __init__(
         self,
@@ -122,6 +145,7 @@ class _Request:
         body: Mapping[str, Any],
         server: Server,
         context: otel_context.Context,
+        host: Span | None,
     ) -> None:
         self.operation = operation
         self.model = model
@@ -129,12 +153,18 @@ class _Request:
         self.body = body
         self.server = server
         self.context = context  # where the call was made: the span's parent
+        self.host = host  # another instrumentation's span of this call, to borrow
         self.shape = server.shape(operation, model, stream)
 
     def start(self, telemetry: Telemetry) -> Call:
-        call = start_call(telemetry, self.shape, self.context)
+        call = start_call(telemetry, self.shape, self.context, self.host)
         # ollama-python always sends an "options" key, usually None: nothing to read.
-        if call.recording and (telemetry.capture_content or self.body.get("options")):
+        # A borrowed span has its owner's reading of the request.
+        if (
+            call.owned
+            and call.recording
+            and (telemetry.capture_content or self.body.get("options"))
+        ):
             guard(_record_request, call, self, telemetry.capture_content)
         return call
 
@@ -320,12 +350,18 @@ def _request_of(args: tuple[Any, ...], instance: Any, kwargs: Mapping[str, Any])
     context = enabled_context()
     if context is None:
         return None
+    suppressed = context.get(LM_SUPPRESS_KEY)
+    if suppressed is SUPPRESSED_BY_US:
+        return None  # inside tokentrace's own wrapper of this call (see Patcher.restack)
     try:
         body = kwargs.get("json") or {}
         model = str(body.get("model") or "")
+        host = host_span(context, operation, model)
+        if suppressed and host is None:
+            return None  # traced above, by someone whose span is not this call's
         stream = bool(kwargs.get("stream", False))
         server = _servers(base_url(instance._client))
-        return _Request(operation, model, stream, body, server, context)
+        return _Request(operation, model, stream, body, server, context, host)
     except Exception:  # noqa: BLE001 - a request we cannot read is simply not traced
         return None
 
@@ -342,7 +378,13 @@ def _sync_wrapper(telemetry: Telemetry, min_load_ns: int) -> Callable[..., Any]:
         if request is None:
             return wrapped(*args, **kwargs)
         if request.stream:
-            return _traced_stream(telemetry, request, wrapped(*args, **kwargs), min_load_ns)
+            # The request is sent later, on iteration; a wrapper below decides now.
+            token = suppress_below(request.context)
+            try:
+                parts = wrapped(*args, **kwargs)
+            finally:
+                otel_context.detach(token)
+            return _traced_stream(telemetry, request, parts, min_load_ns)
         with request.start(telemetry) as call:
             response = wrapped(*args, **kwargs)
         call.end(_record_response, request, response, min_load_ns)
@@ -359,7 +401,11 @@ def _async_wrapper(telemetry: Telemetry, min_load_ns: int) -> Callable[..., Any]
         if request is None:
             return await wrapped(*args, **kwargs)
         if request.stream:
-            parts = await wrapped(*args, **kwargs)
+            token = suppress_below(request.context)
+            try:
+                parts = await wrapped(*args, **kwargs)
+            finally:
+                otel_context.detach(token)
             return _traced_astream(telemetry, request, parts, min_load_ns)
         with request.start(telemetry) as call:
             response = await wrapped(*args, **kwargs)
@@ -389,7 +435,9 @@ class OllamaInstrumentor(BaseInstrumentor):
         if min_load_ms is None:
             min_load_ms = DEFAULT_MIN_LOAD_MS
         min_load_ns = int(float(min_load_ms) * 1e6)
-        self._patcher = Patcher()
+        # outermost: above OpenLLMetry's wrapper of the same method, whose span a
+        # wrapper below cannot see (see the module docs).
+        self._patcher = Patcher(outermost=True)
         self._patcher.add(_MODULE, "Client._request", _sync_wrapper(telemetry, min_load_ns))
         self._patcher.add(_MODULE, "AsyncClient._request", _async_wrapper(telemetry, min_load_ns))
         self._patcher.apply()

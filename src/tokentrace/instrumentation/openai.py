@@ -42,6 +42,24 @@ A stream's span ends when the stream is exhausted or closed;
 Errors (``openai.NotFoundError`` …) mark the span ``ERROR`` with ``error.type`` and
 are re-raised unchanged. Message text is recorded only with
 ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.
+
+Beside other OpenAI instrumentations, one call makes one span. OpenLLMetry's
+``opentelemetry-instrumentation-openai`` wraps the same ``create`` methods and makes
+its span current, with the request model on it, before it calls down; whichever
+of the two was instrumented last runs first:
+
+* tokentrace first: it sets OpenLLMetry's ``suppress_language_model_instrumentation``
+  context key for the call, and OpenLLMetry's wrapper skips it. The span is
+  tokentrace's.
+* OpenLLMetry first: tokentrace finds the current span to be a recording GenAI span
+  of the same kind (chat/completion, or embeddings) for the same request model,
+  starts none, and adds to that span what only it knows — llama.cpp's server
+  timings, the stream's timing, ``tokentrace.token_source`` and usage the span
+  lacks — so the processor derives ms/token on it (see ``docs/instrumentation.md``).
+
+With the key already set by someone else, tokentrace starts no span: it adds its
+facts to the current span when that is the call's span as above, and otherwise
+records nothing.
 """
 
 from __future__ import annotations
@@ -52,9 +70,12 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
+from opentelemetry.trace import Span
 
 from tokentrace import attributes as A
 from tokentrace.instrumentation._common import (
+    LM_SUPPRESS_KEY,
+    SUPPRESSED_BY_US,
     BaseInstrumentor,
     Call,
     Patcher,
@@ -66,6 +87,7 @@ from tokentrace.instrumentation._common import (
     enabled_context,
     fields,
     guard,
+    host_span,
     start_call,
     telemetry_from,
     to_json,
@@ -124,7 +146,7 @@ def provider_for(host: str, port: int | None, overrides: tuple[tuple[str, str], 
 class _Request:
     """What a ``create()`` call asked for."""
 
-    __slots__ = ("context", "kwargs", "model", "operation", "shape", "stream")
+    __slots__ = ("context", "host", "kwargs", "model", "operation", "shape", "stream")
 
     def __init__(
         self,
@@ -132,19 +154,26 @@ class _Request:
         kwargs: Mapping[str, Any],
         server: Server,
         context: otel_context.Context,
+        host: Span | None,
     ) -> None:
         self.operation = operation
         self.model = str(kwargs.get("model") or "")
         self.stream = kwargs.get("stream") is True
         self.kwargs = kwargs
         self.context = context  # where the call was made: the span's parent
+        self.host = host  # another instrumentation's span of this call, to borrow
         self.shape = server.shape(operation, self.model, self.stream)
 
     def start(self, telemetry: Telemetry) -> Call:
-        call = start_call(telemetry, self.shape, self.context)
+        call = start_call(telemetry, self.shape, self.context, self.host)
         capture = telemetry.capture_content
         # Most calls set none of the request options recorded: nothing to read then.
-        if call.recording and (capture or not _REQUEST_OPTIONS.isdisjoint(self.kwargs)):
+        # A borrowed span has its owner's reading of the request.
+        if (
+            call.owned
+            and call.recording
+            and (capture or not _REQUEST_OPTIONS.isdisjoint(self.kwargs))
+        ):
             guard(_record_request, call, self, capture)
         return call
 
@@ -172,8 +201,14 @@ def _request_of(
     context = enabled_context()
     if context is None:
         return None
+    suppressed = context.get(LM_SUPPRESS_KEY)
+    if suppressed is SUPPRESSED_BY_US:
+        return None  # inside tokentrace's own wrapper of this call
     try:
-        return _Request(operation, kwargs, servers(base_url(instance._client)), context)
+        host = host_span(context, operation, str(kwargs.get("model") or ""))
+        if suppressed and host is None:
+            return None  # traced above, by someone whose span is not this call's
+        return _Request(operation, kwargs, servers(base_url(instance._client)), context, host)
     except Exception:  # noqa: BLE001 - a request we cannot read is simply not traced
         _log.debug("tokentrace: unreadable %s request", operation, exc_info=True)
         return None

@@ -234,6 +234,9 @@ def test_opentelemetry_instrument_zero_code_writes_rows(
         "OTEL_TRACES_EXPORTER": "tokentrace",
         "OTEL_METRICS_EXPORTER": "none",
         "OTEL_LOGS_EXPORTER": "none",
+        # tokentrace's instrumentors alone: OpenLLMetry's, also installed for the tests,
+        # are loaded beside them in test_beside_openllmetry.py.
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "ollama,openai",
     }
     # Without tokentrace's processor on the span, the store derives ms/token itself.
     _run([str(launcher), sys.executable], env, tmp_path)

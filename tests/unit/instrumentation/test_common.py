@@ -18,6 +18,7 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from tokentrace import attributes as A
 from tokentrace.instrumentation._common import (
+    BaseInstrumentor,
     Patcher,
     Server,
     Servers,
@@ -110,6 +111,71 @@ def test_patcher_skips_a_missing_target() -> None:
 
     assert mod.Model().run(2) == 4
     patcher.remove()
+
+
+class _Foreign(BaseInstrumentor):  # type: ignore[misc]
+    """A real instrumentor (another package's, say) that wraps ``Model.run`` after us."""
+
+    target: Any = None
+
+    def instrumentation_dependencies(self) -> tuple[str, ...]:
+        return ()
+
+    def _instrument(self, **kwargs: Any) -> None:
+        wrapt.wrap_function_wrapper(self.target, "run", _tagging("foreign"))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        pass
+
+
+class _Unrelated(_Foreign):  # type: ignore[misc]
+    def _instrument(self, **kwargs: Any) -> None:
+        pass
+
+
+@pytest.mark.usefixtures("target_source")
+@pytest.mark.parametrize("outermost", [True, False])
+def test_an_outermost_patcher_goes_back_on_top_after_another_instrument(outermost: bool) -> None:
+    import tt_patch_target as mod
+
+    patcher = Patcher(outermost=outermost)
+    patcher.add(MODULE, "Model.run", _tagging("ours"))
+    patcher.apply()
+    _Foreign.target = mod.Model
+    foreign = _Foreign()
+    foreign.instrument()
+    try:
+        if outermost:
+            assert mod.Model().run(2) == ("ours", ("foreign", 4))  # ours once, on top
+        else:
+            assert mod.Model().run(2) == ("foreign", ("ours", 4))  # whoever came last
+        _Unrelated().instrument()  # any later instrument() leaves the chain as it is
+        _Unrelated().uninstrument()
+        if outermost:
+            assert mod.Model().run(2) == ("ours", ("foreign", 4))
+    finally:
+        foreign.uninstrument()
+        patcher.remove()
+    # Ours is taken off wherever it was; the foreign wrapper stays, on the original.
+    assert mod.Model().run(2) == ("foreign", 4)
+    assert not isinstance(vars(mod.Model)["run"].__wrapped__, wrapt.FunctionWrapper)
+
+
+@pytest.mark.usefixtures("target_source")
+def test_patcher_takes_its_wrapper_from_under_another() -> None:
+    import tt_patch_target as mod
+
+    patcher = Patcher()
+    patcher.add(MODULE, "Model.run", _tagging("ours"))
+    patcher.apply()
+    wrapt.wrap_function_wrapper(mod.Model, "run", _tagging("over"))
+    assert mod.Model().run(2) == ("over", ("ours", 4))
+    patcher.remove()
+
+    assert mod.Model().run(2) == ("over", 4)
+    over = vars(mod.Model)["run"]
+    assert isinstance(over, wrapt.FunctionWrapper)
+    assert not isinstance(over.__wrapped__, wrapt.FunctionWrapper)
 
 
 def test_guard_swallows_and_logs(caplog: pytest.LogCaptureFixture) -> None:
