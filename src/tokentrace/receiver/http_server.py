@@ -34,7 +34,6 @@ per connection, HTTP/1.1 keep-alive, no framework to install.
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import socketserver
@@ -43,17 +42,23 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
 
 import psycopg
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from tokentrace import reports
-from tokentrace.dashboard import handle_dashboard
+from tokentrace.dashboard import dashboard_response
+from tokentrace.httpkit import (
+    BEARER_CHALLENGE,
+    BadQuery,
+    Response,
+    authorized,
+    json_response,
+    parse_query,
+)
 from tokentrace.receiver import protocol
 from tokentrace.receiver.decode import DecodeError, decode_json, decode_protobuf
 from tokentrace.receiver.ingest import (
@@ -61,28 +66,17 @@ from tokentrace.receiver.ingest import (
     Overloaded,
     StorageError,
     Unavailable,
-    authorized,
 )
 from tokentrace.receiver.settings import ServeSettings
 
 _log = logging.getLogger(__name__)
-JSON_TYPE = "application/json"
 # A body refused for its size is still read (up to this much) and thrown away, so
 # the client, still sending, gets the 413 instead of a reset connection.
 _MAX_DISCARD_BYTES = 64 * 1024 * 1024
-_MAX_QUERY_FIELDS = 20
 _HEALTH_CONNECT_TIMEOUT_S = 3
 _IDLE_TIMEOUT_S = 60.0
 _SHUTDOWN_POLL_S = 0.1  # how soon the accept loop notices a shutdown
 _DB_DOWN = (psycopg.OperationalError, psycopg.InterfaceError)
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: str = JSON_TYPE
-    headers: tuple[tuple[str, str], ...] = ()
 
 
 class HttpError(Exception):
@@ -109,19 +103,9 @@ class Request:
     def params(self, allowed: tuple[str, ...]) -> dict[str, str]:
         """Query parameters, each at most once and all of them in ``allowed`` (else 400)."""
         try:
-            parsed = parse_qs(self.query, keep_blank_values=True, max_num_fields=_MAX_QUERY_FIELDS)
-        except ValueError as exc:
-            raise HttpError(400, f"bad query string: {exc}") from None
-        unknown = sorted(set(parsed) - set(allowed))
-        if unknown:
-            raise HttpError(
-                400,
-                f"unknown query parameter {unknown[0]!r} (allowed: {', '.join(allowed) or 'none'})",
-            )
-        repeated = [key for key, values in parsed.items() if len(values) > 1]
-        if repeated:
-            raise HttpError(400, f"query parameter {repeated[0]!r} given more than once")
-        return {key: values[0] for key, values in parsed.items()}
+            return parse_query(self.query, allowed)
+        except BadQuery as exc:
+            raise HttpError(400, str(exc)) from None
 
     def media_type(self) -> str:
         return (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
@@ -233,11 +217,6 @@ def _read_chunked(rfile: Any, limit: int) -> bytes:
 
 
 Route = Callable[[Request], Response]
-
-
-def json_response(status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    body = json.dumps(payload, default=str, ensure_ascii=False).encode()
-    return Response(status, body, JSON_TYPE, headers)
 
 
 def _retry_after(seconds: int) -> tuple[tuple[str, str], ...]:
@@ -390,7 +369,7 @@ class HttpApp:
     def dashboard(self, request: Request) -> Response:
         # The page checks the token itself: a browser following a link cannot send an
         # Authorization header, so it also accepts the cookie its sign-in form sets.
-        status, headers, body = handle_dashboard(
+        return dashboard_response(
             request.query,
             self.dsn,
             authorization=request.headers.get("Authorization"),
@@ -398,8 +377,6 @@ class HttpApp:
             auth_token=self.settings.auth_token,
             connections=self.report_connections,
         )
-        content_type = headers.pop("Content-Type")
-        return Response(status, body, content_type, tuple(headers.items()))
 
 
 _RPC_CODES = {
@@ -489,7 +466,7 @@ class _Handler(BaseHTTPRequestHandler):
             return json_response(
                 401,
                 {"status": "error", "error": "missing or wrong bearer token"},
-                (("WWW-Authenticate", 'Bearer realm="tokentrace"'),),
+                (BEARER_CHALLENGE,),
             )
         try:
             return route(request)
