@@ -82,10 +82,10 @@ def test_the_token_is_compared_in_constant_time(
 
 
 def test_every_page_and_both_protocols_use_the_one_check() -> None:
-    from tokentrace.receiver import grpc_server, http_server
+    from tokentrace.receiver import grpc_server, http_routes
 
     assert grpc_server.authorized is httpkit.authorized
-    assert http_server.authorized is httpkit.authorized
+    assert http_routes.authorized is httpkit.authorized
     assert "httpkit.authorized" in _calls(dashboard.authorized)
     assert "httpkit.token_matches" in _calls(dashboard.authorized)
     assert "token_matches" in _calls(httpkit.authorized)
