@@ -2,9 +2,9 @@
 --
 -- 0100's trigger upserts every link row (INSERT … ON CONFLICT DO UPDATE). Nearly all of
 -- them are new (a span's own row, and its parent's row when the parent is not in the
--- batch), and ON CONFLICT's speculative insertion made ingest of spans with parents
--- ~20 % slower than before 0100, against at most 10 % allowed (issue 18; bench/RESULTS.md,
--- "Wrapper detection, plain link INSERT"). So each statement now first inserts its link
+-- batch), and the speculative insertion of ON CONFLICT costs on top of the rows'
+-- unique-index entries, which are most of what 0100 adds to ingest (issue 18;
+-- bench/RESULTS.md, "Wrapper detection, plain link INSERT"). So each statement now first inserts its link
 -- rows with a plain INSERT, in key order as before; only when one of them exists already
 -- (a sibling of an earlier batch named the same parent, a child stored before its parent,
 -- a parent stored before its child) does the unique_violation roll that INSERT back (a
@@ -20,10 +20,12 @@
 -- now with sign -1 (a wrapper stored now is added and subtracted in the same statement),
 -- instead of an anti-join that left the new wrappers out.
 --
--- Cost: a statement that falls back pays for the rolled-back INSERT and then the upsert,
--- i.e. more than 0100 did; that is the workload in which most batches share a link row
--- with an earlier batch (children of one parent spread over many batches, parents
--- exported after their children). Measured in bench/RESULTS.md.
+-- Cost: a statement that falls back pays for a subtransaction, the rolled-back INSERT
+-- (up to its first existing row, in key order) and then the upsert, i.e. more than 0100
+-- did; that is the workload in which most batches share a link row with an earlier
+-- batch (children of one parent spread over many batches). The two unique-index entries
+-- per call span remain: wrapper detection still costs ingest more than 10 %. Measured
+-- with bench/bench_links.py and bench/bench_receiver.py (bench/RESULTS.md).
 
 CREATE OR REPLACE FUNCTION tokentrace.rollup_new_spans() RETURNS trigger
 LANGUAGE plpgsql AS $$
