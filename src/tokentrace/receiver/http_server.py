@@ -64,6 +64,8 @@ from tokentrace.receiver.ingest import (
     authorized,
 )
 from tokentrace.receiver.settings import ServeSettings
+from tokentrace.store.connection import connect
+from tokentrace.store.errors import UNAVAILABLE
 
 _log = logging.getLogger(__name__)
 JSON_TYPE = "application/json"
@@ -74,7 +76,6 @@ _MAX_QUERY_FIELDS = 20
 _HEALTH_CONNECT_TIMEOUT_S = 3
 _IDLE_TIMEOUT_S = 60.0
 _SHUTDOWN_POLL_S = 0.1  # how soon the accept loop notices a shutdown
-_DB_DOWN = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,7 +357,7 @@ class HttpApp:
                 payload = self.report_connections.run(build)
         except reports.ReportError as exc:
             raise HttpError(400, str(exc)) from None
-        except _DB_DOWN:
+        except UNAVAILABLE:
             raise HttpError(
                 503,
                 "database unavailable; retry later",
@@ -371,12 +372,7 @@ class HttpApp:
         try:
             with (
                 suppress_instrumentation(),
-                psycopg.connect(
-                    self.dsn,
-                    autocommit=True,
-                    connect_timeout=_HEALTH_CONNECT_TIMEOUT_S,
-                    application_name="tokentrace",
-                ) as conn,
+                connect(self.dsn, autocommit=True, connect_timeout_s=_HEALTH_CONNECT_TIMEOUT_S) as conn,
             ):
                 conn.execute("SELECT 1")
         except psycopg.Error:
