@@ -338,7 +338,7 @@ def _serve_parser(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tokentrace import __version__
+    from tokentrace._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="tokentrace",
