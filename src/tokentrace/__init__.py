@@ -20,6 +20,7 @@ span processor, :mod:`tokentrace.exporter` for the PostgreSQL exporter.
 
 from __future__ import annotations
 
+from tokentrace._version import __version__
 from tokentrace.api import (
     Inference,
     ModelLoad,
@@ -32,7 +33,6 @@ from tokentrace.instrumentation import instrument
 from tokentrace.pipeline import configure, flush
 from tokentrace.processor import TokenEfficiencySpanProcessor
 
-__version__ = "0.1.0"
 
 __all__ = [
     "Inference",

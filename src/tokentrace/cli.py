@@ -31,8 +31,10 @@ from typing import Any
 import psycopg
 
 from tokentrace import reports
-from tokentrace.config import ConfigError, redact, retention_days
+from tokentrace.config import ConfigError, retention_days
 from tokentrace.store.connection import describe, resolve_dsn
+from tokentrace.store.errors import describe as describe_error
+from tokentrace.store.errors import is_unavailable
 from tokentrace.tables import format_bytes, render
 
 _log = logging.getLogger("tokentrace")
@@ -68,10 +70,9 @@ def _dsn(args: argparse.Namespace) -> str:
 
 
 def _ensure_schema(dsn: str) -> None:
-    from tokentrace.store.migrate import is_current, migrate
+    from tokentrace.store.migrate import migrate_if_needed
 
-    if not is_current(dsn):
-        migrate(dsn)
+    migrate_if_needed(dsn)
 
 
 # --- commands -------------------------------------------------------------------
@@ -337,7 +338,7 @@ def _serve_parser(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tokentrace import __version__
+    from tokentrace._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="tokentrace",
@@ -427,16 +428,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except psycopg.errors.QueryCanceled as exc:
         # A subclass of OperationalError, but the server answered: say what happened.
         print(
-            f"tokentrace: PostgreSQL cancelled the query: {redact(str(exc)).strip()}"
+            f"tokentrace: PostgreSQL cancelled the query: {describe_error(exc)}"
             " (reports are limited by TOKENTRACE_REPORT_TIMEOUT_MS)",
             file=sys.stderr,
         )
         return 1
-    except psycopg.OperationalError as exc:
-        print(f"tokentrace: cannot reach PostgreSQL: {redact(str(exc)).strip()}", file=sys.stderr)
-        return 1
     except psycopg.Error as exc:
-        print(f"tokentrace: PostgreSQL error: {redact(str(exc)).strip()}", file=sys.stderr)
+        what = "cannot reach PostgreSQL" if is_unavailable(exc) else "PostgreSQL error"
+        print(f"tokentrace: {what}: {describe_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -52,9 +52,9 @@ from typing import Any
 import psycopg
 
 from tokentrace import api, reports
-from tokentrace.config import redact
 from tokentrace.pipeline import configure, flush
 from tokentrace.store.connection import resolve_dsn
+from tokentrace.store.errors import describe
 
 
 class Seconds(float):
@@ -130,6 +130,6 @@ class Telemetry:
             try:
                 return {"status": "success", **self._reports.run(read)}
             except (psycopg.Error, reports.ReportError) as exc:
-                return {"status": "error", "message": redact(str(exc)).strip()}
+                return {"status": "error", "message": describe(exc)}
 
         return await asyncio.to_thread(run)

@@ -22,7 +22,6 @@ ones override the ``TOKENTRACE_BSP_*`` defaults above when set.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 
 
@@ -65,16 +64,3 @@ def retention_days(value: int | None = None) -> int:
 
 def max_attribute_chars() -> int:
     return env_int("TOKENTRACE_MAX_ATTRIBUTE_CHARS", 65_536, minimum=64)
-
-
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
-_PASSWORD_KEYWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-# libpq quotes the part of a URL it cannot decode, which may be the password.
-_PERCENT_TOKEN = re.compile(r'(invalid percent-encoded token: )"[^"]*"')
-
-
-def redact(text: str) -> str:
-    """``text`` with any connection-string password replaced by ``***``."""
-    text = _PASSWORD_IN_URL.sub(r"\1***@", text)
-    text = _PERCENT_TOKEN.sub(r'\1"***"', text)
-    return _PASSWORD_KEYWORD.sub(r"\1***", text)

@@ -78,8 +78,9 @@ from typing import Any
 import psycopg
 
 from tokentrace import config
-from tokentrace.config import ConfigError, env_int, redact
+from tokentrace.config import ConfigError, env_int
 from tokentrace.store.connection import connect
+from tokentrace.store.errors import describe
 
 _log = logging.getLogger(__name__)
 
@@ -298,7 +299,7 @@ def prune(
             try:
                 released = _release(conn)
             except psycopg.Error as exc:
-                error = redact(str(exc)).strip() or type(exc).__name__
+                error = describe(exc)
                 _log.warning("releasing pruned partitions failed (the next prune retries): %s", error)
             release_ms = (time.perf_counter() - started) * 1000
     return PruneResult(
@@ -392,7 +393,7 @@ class PruneScheduler:
             result = prune(self._dsn, self.retention_days, self.rollup_retention_days)
         except (psycopg.Error, OSError) as exc:
             self.failures += 1
-            _log.warning("scheduled prune failed: %s", redact(str(exc)).strip())
+            _log.warning("scheduled prune failed: %s", describe(exc))
             return None
         self.runs += 1
         self.last_result = result

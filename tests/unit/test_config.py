@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokentrace.config import ConfigError, env_int, redact, retention_days
+from tokentrace.config import ConfigError, env_int, retention_days
 
 
 def test_env_int_names_the_variable_on_bad_values() -> None:
@@ -17,16 +17,3 @@ def test_argument_beats_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOKENTRACE_RETENTION_DAYS", "30")
     assert retention_days() == 30
     assert retention_days(7) == 7
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("postgresql://u:s3cret@h:5432/db", "postgresql://u:***@h:5432/db"),
-        ("host=h password=s3cret user=u", "host=h password=*** user=u"),
-        ("password='a b' host=h", "password=*** host=h"),
-        ("postgresql://h/db", "postgresql://h/db"),
-    ],
-)
-def test_passwords_are_redacted(text: str, expected: str) -> None:
-    assert redact(text) == expected

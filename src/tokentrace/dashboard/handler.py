@@ -37,6 +37,7 @@ from tokentrace import httpkit, reports
 from tokentrace.dashboard import page
 from tokentrace.dashboard.data import DEFAULT_WINDOW, WINDOWS, Window
 from tokentrace.dashboard.svg import esc
+from tokentrace.store.errors import UNAVAILABLE
 from tokentrace.store.pool import ConnectionPool
 
 _log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ TZ_COOKIE = "tt_tz"
 MAX_MODEL_CHARS = 512
 _PARAMETERS = ("window", "model", "refresh", "partial")
 _RETRY_S = 10
-_DB_DOWN = (psycopg.OperationalError, psycopg.InterfaceError)
 _NO_SCHEMA = (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction)
 
 Answer = tuple[int, dict[str, str], bytes]  # handle_dashboard's (status, headers, body)
@@ -191,7 +191,13 @@ def dashboard_response(
                 body = render(conn)
         else:
             body = connections.run(render)
-    except _DB_DOWN:
+    except psycopg.errors.QueryCanceled:  # an OperationalError, but the server answered
+        _log.warning("dashboard reports exceeded the statement timeout (TOKENTRACE_REPORT_TIMEOUT_MS)")
+        text = ("The reports took longer than the statement timeout (<code>TOKENTRACE_REPORT_TIMEOUT_MS</code>). "
+                "Try a shorter window.")  # fmt: skip
+        return _answer(503, page.message_page("Reports timed out", text, nonce=nonce), nonce,
+                       {"Retry-After": str(_RETRY_S)})  # fmt: skip
+    except UNAVAILABLE:
         text = f"The database cannot be reached; this page tries again every {_RETRY_S} s."
         return _answer(503, page.message_page("Database unavailable", text, nonce=nonce, retry_s=_RETRY_S),
                        nonce, {"Retry-After": str(_RETRY_S)})  # fmt: skip
@@ -203,10 +209,4 @@ def dashboard_response(
     except reports.ReportError as exc:  # a setting the reports cannot use, such as the disk cap
         text = f"{esc(exc)}. Fix the setting and restart <code>tokentrace serve</code>."
         return _answer(500, page.message_page("Report settings", text, nonce=nonce), nonce)
-    except psycopg.errors.QueryCanceled:
-        _log.warning("dashboard reports exceeded the statement timeout (TOKENTRACE_REPORT_TIMEOUT_MS)")
-        text = ("The reports took longer than the statement timeout (<code>TOKENTRACE_REPORT_TIMEOUT_MS</code>). "
-                "Try a shorter window.")  # fmt: skip
-        return _answer(503, page.message_page("Reports timed out", text, nonce=nonce), nonce,
-                       {"Retry-After": str(_RETRY_S)})  # fmt: skip
     return _answer(200, body, nonce)

@@ -21,14 +21,14 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 
-import psycopg
 from opentelemetry.context import attach, detach, set_value
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from tokentrace.config import env_str, max_attribute_chars, redact
+from tokentrace.config import env_str, max_attribute_chars
 from tokentrace.exporter.spans import ResourceCache, in_key_order, span_data, span_days, span_row
 from tokentrace.exporter.spool import Spool, default_spool_dir
+from tokentrace.store.errors import describe, is_unavailable
 from tokentrace.store.rows import RowError, SpanData, WireRow, build_row, wire_row
 from tokentrace.store.writer import SpanWriter, WriteResult, row_name
 
@@ -84,7 +84,7 @@ class PostgresSpanExporter(SpanExporter):
                     return self._export(spans)
                 except Exception as exc:  # noqa: BLE001 - the SDK must never see an exception
                     self._note_failure(exc)
-                    if _database_away(exc):
+                    if is_unavailable(exc):
                         self._spool_batch(spans)
                     return SpanExportResult.FAILURE
         finally:
@@ -188,7 +188,7 @@ class PostgresSpanExporter(SpanExporter):
             _log.warning("span %r refused by PostgreSQL: %s", row_name(rows[index]), reason)
 
     def _note_failure(self, exc: Exception) -> None:
-        reason = redact(f"{type(exc).__name__}: {exc}".strip())
+        reason = f"{type(exc).__name__}: {describe(exc)}"
         if self._failing_since is None:
             # Logged once when exporting starts failing, not once per batch.
             _log.error("exporting spans to PostgreSQL failed: %s", reason)
@@ -207,7 +207,7 @@ class PostgresSpanExporter(SpanExporter):
                 self._replay()  # a last chance for the spool; what stays is replayed next start
             except Exception as exc:  # noqa: BLE001
                 _log.warning("%d spooled batch(es) left for the next start: %s",
-                             self.spool.pending(), redact(str(exc)).strip())
+                             self.spool.pending(), describe(exc))
             self._shutdown = True
         if self._writer is not None:
             self._writer.close()
@@ -226,7 +226,3 @@ def _spool_key(dsn: str | None) -> str:
     target = dsn or env_str("TOKENTRACE_DSN") or "default"
     return hashlib.sha256(target.encode()).hexdigest()[:16]
 
-
-def _database_away(exc: Exception) -> bool:
-    """Errors that mean "PostgreSQL cannot be reached", worth spooling for."""
-    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, OSError))

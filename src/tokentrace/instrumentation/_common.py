@@ -54,6 +54,7 @@ from opentelemetry.metrics import get_meter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from tokentrace import attributes as A
+from tokentrace._version import __version__
 from tokentrace.dialects import INPUT_TOKEN_KEYS, OUTPUT_TOKEN_KEYS, REQUEST_MODEL_KEYS
 from tokentrace.instrumentation._metrics import GenAIMetrics, TokenAttrs, token_attrs
 
@@ -103,7 +104,7 @@ _log = logging.getLogger(__name__)
 
 CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.41.0"
-VERSION = "0.1.0"
+VERSION = __version__
 
 # The attributes GenAI metrics are broken down by (low cardinality only).
 _METRIC_KEYS = (

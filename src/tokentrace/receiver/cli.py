@@ -24,12 +24,13 @@ import argparse
 import logging
 import sys
 
-from tokentrace.config import ConfigError, redact
+from tokentrace.config import ConfigError
 from tokentrace.receiver.server import serve
 from tokentrace.receiver.settings import ServeSettings, resolve
 from tokentrace.receiver.workers import supervise
 from tokentrace.retention import scheduler_from_settings
 from tokentrace.store.connection import resolve_dsn
+from tokentrace.store.errors import describe
 from tokentrace.store.migrate import MigrationError
 
 _log = logging.getLogger("tokentrace.receiver")
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         _log.error("%s", exc)
         return 1
     except MigrationError as exc:
-        _log.error("cannot prepare the database: %s", redact(str(exc)))
+        _log.error("cannot prepare the database: %s", describe(exc))
         return 1
     finally:
         if pruner is not None:

@@ -74,10 +74,11 @@ from tokentrace.receiver.decode import DecodeError, decode_json, decode_protobuf
 from tokentrace.receiver.http_transport import HttpError, Request
 from tokentrace.receiver.ingest import Ingestor, Overloaded, StorageError, Unavailable
 from tokentrace.receiver.settings import ServeSettings
+from tokentrace.store.connection import connect
+from tokentrace.store.errors import UNAVAILABLE
 
 _log = logging.getLogger(__name__)
 _HEALTH_CONNECT_TIMEOUT_S = 3
-_DB_DOWN = (psycopg.OperationalError, psycopg.InterfaceError)
 
 Handler = Callable[["HttpApp", Request], Response]
 
@@ -219,7 +220,7 @@ class HttpApp:
                 payload = self.report_connections.run(build)
         except reports.ReportError as exc:
             raise HttpError(400, str(exc)) from None
-        except _DB_DOWN:
+        except UNAVAILABLE:
             raise HttpError(
                 503,
                 "database unavailable; retry later",
@@ -234,12 +235,7 @@ class HttpApp:
         try:
             with (
                 suppress_instrumentation(),
-                psycopg.connect(
-                    self.dsn,
-                    autocommit=True,
-                    connect_timeout=_HEALTH_CONNECT_TIMEOUT_S,
-                    application_name="tokentrace",
-                ) as conn,
+                connect(self.dsn, autocommit=True, connect_timeout_s=_HEALTH_CONNECT_TIMEOUT_S) as conn,
             ):
                 conn.execute("SELECT 1")
         except psycopg.Error:

@@ -36,6 +36,7 @@ from tokentrace.receiver.group_commit import (
     CommitterClosed,
     GroupCommitter,
 )
+from tokentrace.store.errors import UNAVAILABLE, StoreRefused, StoreUnavailable, describe
 from tokentrace.store.rows import (
     CleanMapping,
     RowError,
@@ -49,27 +50,16 @@ from tokentrace.store.writer import SpanWriter, WriteResult
 _log = logging.getLogger(__name__)
 _SHOWN_REASONS = 5
 _LOG_INTERVAL_S = 10.0
-# Errors that mean "the database is not there right now", not "this data is bad".
-_UNAVAILABLE = (
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    psycopg.errors.ReadOnlySqlTransaction,  # a replica or a fail-over in progress
-)
-
-
-class Unavailable(Exception):
-    """The database cannot be reached; the client should retry later.
-
-    The message is the database driver's, for the server log; clients get a generic one.
-    """
+# The store's error types, by the names the receiver's protocols answer with:
+# Unavailable is "retry later" (gRPC UNAVAILABLE, HTTP 503), StorageError a refusal
+# that is not the client's data (INTERNAL, 500); tokentrace.store.errors decides which.
+# The message (described there) is for the server log; clients get a generic one.
+Unavailable = StoreUnavailable
+StorageError = StoreRefused
 
 
 class Overloaded(Exception):
     """Too many requests in progress; the client should retry later."""
-
-
-class StorageError(Exception):
-    """The database refused the batch for a reason that is not the client's data."""
 
 
 @dataclass(slots=True)
@@ -223,13 +213,13 @@ class Ingestor:
             # spans must not itself make spans: that would feed back into this receiver.
             with suppress_instrumentation():
                 result = self._writer.write_wire(rows)
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             if self._may_log("unavailable"):
-                _log.warning("database unavailable, clients told to retry: %s", _first_line(exc))
-            raise Unavailable(_first_line(exc)) from exc
+                _log.warning("database unavailable, clients told to retry: %s", describe(exc))
+            raise Unavailable(describe(exc)) from exc
         except psycopg.Error as exc:
             _log.exception("the database refused a batch of %d spans", len(rows))
-            raise StorageError(_first_line(exc)) from exc
+            raise StorageError(describe(exc)) from exc
         except Exception:
             _log.exception("writing a batch of %d spans failed", len(rows))
             raise
@@ -237,7 +227,3 @@ class Ingestor:
             self.spans_stored += result.inserted
         return result
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -28,15 +28,15 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING
 
-import psycopg
-
 from tokentrace.receiver.grpc_server import GrpcServer, TraceService
 from tokentrace.receiver.http_routes import HttpApp
 from tokentrace.receiver.http_transport import HttpServer
 from tokentrace.receiver.ingest import Ingestor
 from tokentrace.receiver.settings import ServeSettings
-from tokentrace.store.connection import describe
-from tokentrace.store.migrate import is_current, migrate
+from tokentrace.store.connection import connect, describe
+from tokentrace.store.errors import UNAVAILABLE
+from tokentrace.store.errors import describe as describe_error
+from tokentrace.store.migrate import migrate_if_needed
 from tokentrace.store.writer import SpanWriter
 
 if TYPE_CHECKING:
@@ -127,17 +127,15 @@ class Receiver:
 def prepare_database(dsn: str) -> bool:
     """Migrate the schema if needed; False (and a warning) if the database is unreachable."""
     try:
-        with psycopg.connect(
-            dsn, connect_timeout=_STARTUP_CONNECT_TIMEOUT_S, application_name="tokentrace"
-        ):
+        with connect(dsn, autocommit=True, connect_timeout_s=_STARTUP_CONNECT_TIMEOUT_S):
             pass
-        if not is_current(dsn):
-            applied = migrate(dsn)
-            _log.info("schema migrated: %s", ", ".join(applied) or "up to date")
-    except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        applied = migrate_if_needed(dsn)
+        if applied:
+            _log.info("schema migrated: %s", ", ".join(applied))
+    except UNAVAILABLE as exc:
         _log.warning(
-            "database not reachable yet (%s); exports get 'retry later' until it is", first
+            "database not reachable yet (%s); exports get 'retry later' until it is",
+            describe_error(exc),
         )
         return False
     return True

@@ -1,4 +1,8 @@
-"""Choosing the database and opening connections to it."""
+"""Choosing the database and opening connections to it.
+
+Every connection tokentrace opens goes through :func:`connect`, so each has the
+same session name and a bounded wait for a host that is down.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ import os
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from tokentrace.config import ConfigError, env_str, redact
+from tokentrace.config import ConfigError, env_str
 from tokentrace.store.embedded import embedded_dsn
+from tokentrace.store.errors import describe as describe_error
+from tokentrace.store.errors import redact
 
 # libpq variables that, when set, mean "the user has pointed us at a server".
 _LIBPQ_TARGET_VARS = ("PGHOST", "PGHOSTADDR", "PGSERVICE", "PGDATABASE", "PGPORT")
@@ -38,8 +44,7 @@ def _parsable(dsn: str, source: str) -> str:
     try:
         conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{source} is not a valid connection string: {redact(first)}") from None
+        raise ConfigError(f"{source} is not a valid connection string: {describe_error(exc)}") from None
     return dsn
 
 
@@ -50,14 +55,24 @@ def describe(dsn: str) -> str:
     return redact(dsn)
 
 
-def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
+DEFAULT_CONNECT_TIMEOUT_S = 10
+
+
+def connect(
+    dsn: str, *, autocommit: bool = False, connect_timeout_s: int | None = None
+) -> psycopg.Connection[tuple[object, ...]]:
     """A connection with tokentrace's session settings.
 
     Without a ``connect_timeout`` (in the DSN or ``PGCONNECT_TIMEOUT``) libpq can wait
     minutes for a host that is down; 10 s keeps exporters and receivers responsive.
+    ``connect_timeout_s`` overrides both, for callers that must answer sooner (a health
+    check, the start-up probe).
     """
-    if "connect_timeout" not in dsn and not os.environ.get("PGCONNECT_TIMEOUT"):
-        return psycopg.connect(
-            dsn, autocommit=autocommit, application_name="tokentrace", connect_timeout=10
-        )
-    return psycopg.connect(dsn, autocommit=autocommit, application_name="tokentrace")
+    timeout = connect_timeout_s
+    if timeout is None and "connect_timeout" not in dsn and not os.environ.get("PGCONNECT_TIMEOUT"):
+        timeout = DEFAULT_CONNECT_TIMEOUT_S
+    if timeout is None:  # the DSN's or PGCONNECT_TIMEOUT's
+        return psycopg.connect(dsn, autocommit=autocommit, application_name="tokentrace")
+    return psycopg.connect(
+        dsn, autocommit=autocommit, application_name="tokentrace", connect_timeout=timeout
+    )

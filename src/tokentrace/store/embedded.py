@@ -46,7 +46,10 @@ def _import_pgserver() -> Any:
 
 
 def _ensure_database(admin_uri: str) -> None:
-    with psycopg.connect(admin_uri, autocommit=True) as conn:
+    # Imported here: tokentrace.store.connection imports this module (the default DSN).
+    from tokentrace.store.connection import connect
+
+    with connect(admin_uri, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone()
         if exists:
             return

@@ -10,7 +10,7 @@ has its own error types rather than leaving each caller to sort driver errors:
   503 with a retry hint, reports answer 503. Anything else PostgreSQL raised is a
   *refusal*: it answered, and said no (a query error, a constraint, a permission).
 * **What do we tell people?** :func:`describe`: the error's first line with any
-  password removed — what logs and error bodies show.
+  password removed (:func:`redact`) — what logs, error bodies and the CLI show.
 
 :func:`translate` turns a driver error into :class:`StoreUnavailable` or
 :class:`StoreRefused` carrying that description, for callers that raise their own.
@@ -18,9 +18,9 @@ has its own error types rather than leaving each caller to sort driver errors:
 
 from __future__ import annotations
 
-import psycopg
+import re
 
-from tokentrace.config import redact
+import psycopg
 
 
 class StoreError(Exception):
@@ -61,3 +61,16 @@ def translate(exc: BaseException) -> StoreError:
     """``exc`` as this module's error type, described."""
     kind = StoreUnavailable if is_unavailable(exc) else StoreRefused
     return kind(describe(exc))
+
+
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+_PASSWORD_KEYWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+# libpq quotes the part of a URL it cannot decode, which may be the password.
+_PERCENT_TOKEN = re.compile(r'(invalid percent-encoded token: )"[^"]*"')
+
+
+def redact(text: str) -> str:
+    """``text`` with any connection-string password replaced by ``***``."""
+    text = _PASSWORD_IN_URL.sub(r"\1***@", text)
+    text = _PERCENT_TOKEN.sub(r'\1"***"', text)
+    return _PASSWORD_KEYWORD.sub(r"\1***", text)

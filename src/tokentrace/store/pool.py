@@ -31,6 +31,8 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from tokentrace.store.errors import UNAVAILABLE
+
 T = TypeVar("T")
 Connection = psycopg.Connection[Any]
 
@@ -78,7 +80,7 @@ class ConnectionPool:
         if conn is not None:
             try:
                 return self._work_on(conn, work)
-            except psycopg.OperationalError:
+            except UNAVAILABLE:
                 if not conn.broken:
                     raise
                 # It broke while kept (a server restart, an idle timeout); so, most

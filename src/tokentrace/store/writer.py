@@ -34,7 +34,8 @@ from psycopg import Copy
 from psycopg.types.string import BytesBinaryDumper
 
 from tokentrace.store.connection import connect
-from tokentrace.store.migrate import is_current, migrate
+from tokentrace.store.errors import describe
+from tokentrace.store.migrate import migrate_if_needed
 from tokentrace.store.rows import COLUMN_TYPES, COLUMNS, BuiltRow, WireRow, wire_rows
 
 _log = logging.getLogger(__name__)
@@ -123,8 +124,7 @@ class SpanWriter:
     def _ensure_schema(self) -> None:
         if self._migrated or not self._auto_migrate:
             return
-        if not is_current(self._dsn):
-            migrate(self._dsn)
+        migrate_if_needed(self._dsn)
         self._migrated = True
 
     def close(self) -> None:
@@ -213,8 +213,7 @@ class SpanWriter:
                 raise _PartitionGone from exc
             if len(batch) == 1:
                 index, _ = batch[0]
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                result.rejected.append((index, reason))
+                result.rejected.append((index, describe(exc)))
                 return
             middle = len(batch) // 2
             self._write_isolating(conn, batch[:middle], result)

@@ -114,3 +114,15 @@ def test_the_cli_report_gives_up_at_the_timeout(db: str, subprocess_env: dict[st
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert "statement timeout" in done.stderr
     assert elapsed < 30
+
+
+def test_the_dashboard_says_its_reports_timed_out(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A cancelled query is an OperationalError too, but the server answered: the page
+    # says the reports took too long, not that the database cannot be reached.
+    from tokentrace.dashboard import handle_dashboard
+
+    monkeypatch.setenv("TOKENTRACE_REPORT_TIMEOUT_MS", str(TIMEOUT_MS))
+    with tables_locked(db):
+        status, headers, body = handle_dashboard("", db)
+    assert status == 503 and headers["Retry-After"] == "10"
+    assert "Reports timed out" in body.decode() and "cannot be reached" not in body.decode()
