@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import wrapt
 
 from tokentrace import attributes as A
-from tokentrace.instrumentation._common import Call, field, fields, guard, text_messages
+from tokentrace.instrumentation.call import Call
+from tokentrace.instrumentation.content import text_messages
+from tokentrace.instrumentation.fields import field, fields
+from tokentrace.instrumentation.guard import guard
 
 _log = logging.getLogger(__name__)
 
