@@ -276,14 +276,11 @@ def _traced_stream(
     # Runs on first next(): that is when ollama-python sends the request.
     call = request.start(tools)
     text = _stream_text(tools, call)
+    tick = call.ticker()
     last = None
     try:
         for part in parts:
-            now = perf_counter_ns()  # Call.tick(), written out: the per-chunk path
-            if call.first_ns is None:
-                call.first_ns = now
-            call.last_ns = now
-            call.chunks += 1
+            tick(perf_counter_ns())
             last = part
             if text is not None:
                 text.append(guard(_reply_text, part) or "")
@@ -304,14 +301,11 @@ async def _traced_astream(
 ) -> AsyncIterator[Any]:
     call = request.start(tools)
     text = _stream_text(tools, call)
+    tick = call.ticker()
     last = None
     try:
         async for part in parts:
-            now = perf_counter_ns()  # Call.tick(), written out: the per-chunk path
-            if call.first_ns is None:
-                call.first_ns = now
-            call.last_ns = now
-            call.chunks += 1
+            tick(perf_counter_ns())
             last = part
             if text is not None:
                 text.append(guard(_reply_text, part) or "")

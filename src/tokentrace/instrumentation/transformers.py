@@ -36,6 +36,7 @@ import contextvars
 import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
 import wrapt
@@ -198,13 +199,13 @@ class _TimedStreamer(_Proxy):
 
     def __init__(self, streamer: Any, call: Call) -> None:
         super().__init__(streamer)
-        self._self_call = call
+        self._self_tick = call.ticker()
         self._self_prompt_seen = False
 
     def put(self, value: Any) -> Any:
         # generate() first puts the prompt (or the decoder's start token): not output.
         if self._self_prompt_seen:
-            self._self_call.tick()
+            self._self_tick(perf_counter_ns())
         else:
             self._self_prompt_seen = True
         return self.__wrapped__.put(value)
