@@ -26,12 +26,20 @@ processor
     first read of the span's attributes (done by the exporter, off the
     application's thread) is timed too, once per pair.
 
+rows
+    CPU µs per span of the exporter's row building alone (everything ``export()``
+    does before the database), for spans forwarded by the processor and for plain
+    SDK spans; only with ``--baseline-src``.
+
 Every phase runs in a fresh child process, so one phase's memory, threads and
 interpreter state do not colour the next. Usage::
 
     python bench/bench_export.py            # full run: 5-8 minutes
     python bench/bench_export.py --quick    # smoke run, well under a minute
     python bench/bench_export.py --dsn postgresql://...   # an existing server
+    # before/after: each phase for another version's src and this tree, alternating
+    mkdir /tmp/before && git archive main src | tar -x -C /tmp/before
+    python bench/bench_export.py --baseline-src /tmp/before/src --runs 5
 
 Without ``--dsn`` a fresh embedded PostgreSQL is started in a temporary
 directory (removed afterwards). Rows in ``tokentrace.spans`` of the target
@@ -584,7 +592,49 @@ def _deferred_us(collecting: SpanMaker, sink: CollectingProcessor, count: int) -
     return (time.thread_time() - t0) / len(spans) * 1e6
 
 
+def phase_rows(n: int, runs: int) -> dict[str, Any]:
+    """CPU µs per span of the exporter's row building, without PostgreSQL.
+
+    The spans of :class:`SpanMaker`, ended through ``TokenEfficiencySpanProcessor``
+    (``processed``: the copies it forwards, as the batch processor hands them to the
+    exporter) and through no processor (``plain``: SDK ``ReadableSpan``), turned
+    into the rows COPY sends by ``PostgresSpanExporter`` (its batch ordering and
+    row iterator, everything ``export()`` does before the database). Each
+    repetition takes fresh copies (a forwarded span derives once, on first read);
+    ``time.thread_time``, median of ``runs``.
+    """
+    from tokentrace.exporter import PostgresSpanExporter
+    from tokentrace.exporter.spans import in_key_order
+    from tokentrace.processor import TokenEfficiencySpanProcessor
+
+    exporter = PostgresSpanExporter(dsn="postgresql://unused")  # never connects here
+    sinks = {"processed": CollectingProcessor(), "plain": CollectingProcessor()}
+    makers = {
+        "processed": SpanMaker(make_provider(TokenEfficiencySpanProcessor(sinks["processed"]))),
+        "plain": SpanMaker(make_provider(sinks["plain"])),
+    }
+    out: dict[str, Any] = {}
+    for kind, maker in makers.items():
+        sink = sinks[kind]
+        times = []
+        for run in range(runs + 1):
+            sink.spans.clear()
+            maker.make(n)
+            spans = sink.spans
+            gc.collect()
+            t0 = time.thread_time()
+            for _ in exporter._rows(in_key_order(spans)):
+                pass
+            if run:  # the first is a warm-up
+                times.append((time.thread_time() - t0) / n * 1e6)
+        out[f"{kind}_us"] = times
+        out[f"{kind}_median"] = statistics.median(times)
+    exporter.shutdown()
+    return out
+
+
 PHASES: dict[str, Callable[..., dict[str, Any]]] = {
+    "rows": phase_rows,
     "copy": phase_copy,
     "peak": phase_peak,
     "steady": phase_steady,
@@ -596,10 +646,17 @@ PHASES: dict[str, Callable[..., dict[str, Any]]] = {
 # --- driver ---------------------------------------------------------------------------
 
 
-def run_child(phase: str, **kwargs: Any) -> dict[str, Any]:
-    """Run one phase in a fresh interpreter and return its JSON result."""
+def run_child(phase: str, src: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Run one phase in a fresh interpreter and return its JSON result.
+
+    ``src``: a ``src`` directory of another version of tokentrace, imported by the
+    child instead of this one (``--baseline-src``).
+    """
     cmd = [sys.executable, __file__, "--child", phase, "--child-args", json.dumps(kwargs)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = None
+    if src is not None:
+        env = {**os.environ, "PYTHONPATH": src}
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         raise SystemExit(f"phase {phase} failed (exit {proc.returncode})")
@@ -679,6 +736,82 @@ def benchmark(dsn: str, quick: bool, runs: int, phases: Sequence[str] = ALL_PHAS
     if "processor" in phases:
         results["processor"] = run_child("processor", n=proc_n, runs=proc_pairs)
     return results
+
+
+COMPARED_PHASES = ("peak", "processor", "rows")
+
+
+def compare(
+    dsn: str, quick: bool, runs: int, phases: Sequence[str], baseline: str
+) -> dict[str, Any]:
+    """Each phase for this tree and for the tree at ``baseline`` (a ``src`` directory).
+
+    Repetition by repetition, the two sides run back to back in alternating order
+    (baseline first in even repetitions), so a slow spell of a shared machine
+    lands on both. A raw COPY per repetition is the machine's yardstick.
+    """
+    from tokentrace.pipeline import DEFAULT_BATCH_SIZE
+
+    peak_n = 20_000 if quick else 100_000
+    proc_n, proc_pairs = (1_000, 41) if quick else (1_000, 101)
+    rows_n, rows_runs = (2_000, 3) if quick else (10_000, 5)
+    sides = {"baseline": baseline, "candidate": None}
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "postgres": server_version(dsn),
+        "baseline_src": baseline,
+        "copy": [],
+    }
+    for side in sides:
+        for phase in phases:
+            results[f"{phase}:{side}"] = []
+    for rep in range(runs):
+        order = list(sides) if rep % 2 == 0 else list(reversed(sides))
+        if "peak" in phases:
+            results["copy"].append(run_child("copy", dsn=dsn, n=peak_n, batch=DEFAULT_BATCH_SIZE))
+        for phase in phases:
+            for side in order:
+                src = sides[side]
+                if phase == "peak":
+                    r = run_child("peak", src, dsn=dsn, n=peak_n, pipeline="tokentrace")
+                elif phase == "processor":
+                    r = run_child("processor", src, n=proc_n, runs=proc_pairs)
+                else:
+                    r = run_child("rows", src, n=rows_n, runs=rows_runs)
+                results[f"{phase}:{side}"].append(r)
+    return results
+
+
+_COMPARED_FIGURES = (
+    ("peak", "rate", "peak, committed spans/s", "{:,.0f}"),
+    ("peak", "cpu_us_per_span", "peak, process CPU µs/span", "{:.1f}"),
+    ("processor", "overhead_median", "processor over bare SDK, µs/span", "{:+.2f}"),
+    ("processor", "deferred_median", "processor's deferred derivation, µs/span", "{:.2f}"),
+    ("rows", "processed_median", "exporter rows, processed spans, µs/span", "{:.2f}"),
+    ("rows", "plain_median", "exporter rows, plain SDK spans, µs/span", "{:.2f}"),
+)
+
+
+def compare_report(r: dict[str, Any]) -> str:
+    lines = [
+        f"baseline: {r['baseline_src']}; candidate: this tree",
+        "",
+        "| measurement | baseline (median) | candidate (median) | candidate / baseline "
+        "(median of per-repetition ratios) |",
+        "|---|---:|---:|---:|",
+    ]
+    for phase, key, label, fmt in _COMPARED_FIGURES:
+        base, cand = r.get(f"{phase}:baseline"), r.get(f"{phase}:candidate")
+        if not base or not cand:
+            continue
+        ratios = [c[key] / b[key] for b, c in zip(base, cand) if b[key]]
+        lines.append(
+            f"| {label} | {fmt.format(_median(base, key))} | {fmt.format(_median(cand, key))} "
+            f"| {statistics.median(ratios):.3f} ({', '.join(f'{x:.3f}' for x in ratios)}) |"
+        )
+    if r.get("copy"):
+        lines.append(f"| raw COPY spans/s (yardstick) | {_median(r['copy'], 'rate'):,.0f} | | |")
+    return "\n".join(lines)
 
 
 def _median(items: list[dict[str, Any]], key: str) -> float:
@@ -799,8 +932,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument(
         "--phases",
-        default=",".join(ALL_PHASES),
-        help=f"comma-separated subset of {','.join(ALL_PHASES)} (default: all)",
+        help=f"comma-separated subset of {','.join(ALL_PHASES)} (default: all); "
+        f"with --baseline-src, of {','.join(COMPARED_PHASES)}",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        help="a src directory of another version (e.g. `git archive` of main): run "
+        f"each phase of {','.join(COMPARED_PHASES)} for it and for this tree, alternating, "
+        "and report both with their ratio (default phases then: peak,processor,rows)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
@@ -823,15 +962,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tokentrace.store.migrate import migrate
 
             migrate(dsn)
-            results = benchmark(dsn, args.quick, runs, args.phases.split(","))
+            if args.baseline_src:
+                phases = args.phases.split(",") if args.phases else list(COMPARED_PHASES)
+                unknown = set(phases) - set(COMPARED_PHASES)
+                if unknown:
+                    parser.error(f"--baseline-src compares only {','.join(COMPARED_PHASES)}")
+                results = compare(dsn, args.quick, runs, phases, args.baseline_src)
+            else:
+                phases = args.phases.split(",") if args.phases else list(ALL_PHASES)
+                results = benchmark(dsn, args.quick, runs, phases)
         finally:
             if not args.dsn:
                 stop_embedded()
     results["wall_s"] = time.perf_counter() - started
     results["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    print(report(results))
-    print()
-    print(details(results))
+    if args.baseline_src:
+        print(compare_report(results))
+    else:
+        print(report(results))
+        print()
+        print(details(results))
     print(f"wall time {results['wall_s']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

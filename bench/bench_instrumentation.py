@@ -610,11 +610,12 @@ def in_process(quick: bool, chunks: int, tracing: Tracing) -> dict[str, Any]:
     from tokentrace.instrumentation import _openai_stream
     from tokentrace.instrumentation import ollama as tt_ollama
     from tokentrace.instrumentation import openai as tt_openai
-    from tokentrace.instrumentation._common import Call, telemetry_from
+    from tokentrace.instrumentation.call import Call
+    from tokentrace.instrumentation.recording import recording_tools
 
     n, rounds = (2_000, 3) if quick else (20_000, 7)
     m = max(n // chunks, 10)
-    telemetry = telemetry_from("bench", tracing.kwargs)
+    telemetry = recording_tools("bench", tracing.kwargs)
     flush = tracing.tracer_provider.force_flush
     out: dict[str, Any] = {}
 

@@ -91,7 +91,7 @@ class GenAIFacts(NamedTuple):
     """The canonical reading of one span's GenAI attributes (None = not known).
 
     A named tuple rather than a frozen dataclass: one is built per span stored, and a
-    frozen dataclass's ``__init__`` costs about five times as much.
+    frozen dataclass's ``__init__`` costs several times as much (bench/RESULTS.md).
     """
 
     operation: str | None = None
@@ -282,8 +282,10 @@ def normalize(attrs: Mapping[str, Any]) -> GenAIFacts:
     """Read the canonical GenAI facts from attributes in any supported dialect."""
     get = attrs.get
     stream = _stream(get)
-    # Positional, and tuple.__new__ without GenAIFacts.__new__'s Python frame: this
-    # runs once per span stored.
+    # GenAIFacts(...) by position, without the Python frame of its __new__: this runs
+    # once per span stored, and keyword construction made normalize() and derive() a
+    # third slower (bench/RESULTS.md, "The pure core, plainly written"). The values
+    # are in field order.
     return _new_facts(
         GenAIFacts,
         (

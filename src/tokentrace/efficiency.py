@@ -55,23 +55,22 @@ class Efficiency(NamedTuple):
 
     def add_to(self, attributes: dict[str, Any]) -> None:
         """Set the known figures as ``tokentrace.*`` attributes of ``attributes``."""
-        # Unrolled, in field order (as _ATTRIBUTE_KEYS): a loop over zip() costs about
-        # twice as much, and this runs once per span stored.
-        inference_ms, ms_per_token, prefill, decode, ttft_ms, load_ms, token_source = self
-        if inference_ms is not None:
-            attributes[A.TT_INFERENCE_MS] = inference_ms
-        if ms_per_token is not None:
-            attributes[A.TT_MS_PER_TOKEN] = ms_per_token
-        if prefill is not None:
-            attributes[A.TT_PREFILL_MS_PER_TOKEN] = prefill
-        if decode is not None:
-            attributes[A.TT_DECODE_MS_PER_TOKEN] = decode
-        if ttft_ms is not None:
-            attributes[A.TT_TTFT_MS] = ttft_ms
-        if load_ms is not None:
-            attributes[A.TT_LOAD_MS] = load_ms
-        if token_source is not None:
-            attributes[A.TT_TOKEN_SOURCE] = token_source
+        # One test per figure, in field order (as _ATTRIBUTE_KEYS): cheaper than a loop
+        # over zip(), and this runs once per span stored.
+        if self.inference_ms is not None:
+            attributes[A.TT_INFERENCE_MS] = self.inference_ms
+        if self.ms_per_token is not None:
+            attributes[A.TT_MS_PER_TOKEN] = self.ms_per_token
+        if self.prefill_ms_per_token is not None:
+            attributes[A.TT_PREFILL_MS_PER_TOKEN] = self.prefill_ms_per_token
+        if self.decode_ms_per_token is not None:
+            attributes[A.TT_DECODE_MS_PER_TOKEN] = self.decode_ms_per_token
+        if self.ttft_ms is not None:
+            attributes[A.TT_TTFT_MS] = self.ttft_ms
+        if self.load_ms is not None:
+            attributes[A.TT_LOAD_MS] = self.load_ms
+        if self.token_source is not None:
+            attributes[A.TT_TOKEN_SOURCE] = self.token_source
 
 
 # In field order.
@@ -134,10 +133,9 @@ def derive(facts: GenAIFacts, attrs: Mapping[str, Any], duration_ms: float | Non
     ``duration_ms`` is the span's wall time (None or negative when its end is
     before its start). Spans that are not GenAI spans derive nothing.
     """
-    # Unpacked once: reading a named tuple's fields one by one costs a call each.
-    operation, _, request_model, response_model, input_tokens, output_tokens = facts[:6]
-    ttft_s = facts[9]
-    if operation is None and (response_model or request_model) is None and output_tokens is None:
+    operation = facts.operation
+    output_tokens = facts.output_tokens
+    if operation is None and output_tokens is None and facts.model is None:
         return _NOTHING  # not facts.is_genai, and no output tokens
     wall_ms = duration_ms if duration_ms is not None and duration_ms >= 0 else None
     if operation == A.OP_LOAD_MODEL:
@@ -148,14 +146,17 @@ def derive(facts: GenAIFacts, attrs: Mapping[str, Any], duration_ms: float | Non
     load_ms = None if load_ns is None else _ns_to_ms(load_ns)
     inference_ms = None if wall_ms is None else max(wall_ms - (load_ms or 0.0), 0.0)
     prompt_ns = get(A.TT_SERVER_PROMPT_EVAL_NS)
-    return _new_efficiency(  # positional, without Efficiency.__new__'s frame: once per span
+    # Efficiency(...) by position, without the Python frame of its __new__: keyword
+    # construction made derive() a third slower (bench/RESULTS.md, "The pure core,
+    # plainly written"). The values are in field order.
+    return _new_efficiency(
         Efficiency,
         (
             inference_ms,
             per_token(inference_ms, output_tokens),
-            None if prompt_ns is None else per_token(_ns_to_ms(prompt_ns), input_tokens),
+            None if prompt_ns is None else per_token(_ns_to_ms(prompt_ns), facts.input_tokens),
             _decode(get, output_tokens),
-            _ttft_ms(get(A.TT_TTFT_MS), ttft_s),
+            _ttft_ms(get(A.TT_TTFT_MS), facts.ttft_s),
             load_ms or None,
             _token_source(get(A.TT_TOKEN_SOURCE), output_tokens),
         ),

@@ -86,8 +86,12 @@ def _derived_attributes(span: ReadableSpan, source: Attributes) -> Attributes:
     return merged
 
 
-class _DerivingSpan(ReadableSpan):
+class DerivingSpan(ReadableSpan):
     """A copy of an ended span whose ``tokentrace.*`` figures are added on first read.
+
+    What the processor forwards for a GenAI span. It keeps ``ReadableSpan``'s fields
+    as they were (the exporter reads them directly, see
+    :func:`tokentrace.exporter.spans.span_data`).
 
     ``ReadableSpan`` keeps its attributes in ``_attributes``, which everything that
     reads them goes through (``attributes``, ``dropped_attributes``, ``to_json``).
@@ -122,7 +126,7 @@ _MERGED = "_tokentrace_merged_attributes"
 def _deriving_copy(span: ReadableSpan) -> ReadableSpan:
     # A shallow copy is an order of magnitude cheaper than ReadableSpan.__init__ and
     # keeps every field (events, links, dropped counts) exactly as the SDK set it.
-    copy = _DerivingSpan.__new__(_DerivingSpan)
+    copy = DerivingSpan.__new__(DerivingSpan)
     state = copy.__dict__ = span.__dict__.copy()
     _lighten(state)
     return copy
@@ -159,7 +163,7 @@ def underived_attributes(span: ReadableSpan) -> Attributes | None:
     ``None`` for any other span. For a store that derives the same figures itself
     (:func:`tokentrace.exporter.spans.span_row`), to avoid deriving them twice.
     """
-    if isinstance(span, _DerivingSpan):
+    if isinstance(span, DerivingSpan):
         return span.source_attributes
     return None
 

@@ -20,7 +20,7 @@ from tokentrace import attributes as A
 from tokentrace.dialects import normalize
 from tokentrace.efficiency import _ATTRIBUTE_KEYS, Efficiency
 from tokentrace.exporter import spans as S
-from tokentrace.processor import TokenEfficiencySpanProcessor
+from tokentrace.processor import TokenEfficiencySpanProcessor, underived_attributes
 from tokentrace.store import rows as R
 from tokentrace.store import writer as W
 
@@ -50,6 +50,7 @@ def _span(
     parent: SpanContext | None = None,
     context: SpanContext | None = SpanContext(7, 9, False, TraceFlags(1)),
     status: Status | None = None,
+    end_time: int = 1_700_000_000_800_000_000,
 ) -> ReadableSpan:
     return ReadableSpan(
         name="chat m",
@@ -60,7 +61,7 @@ def _span(
         kind=SpanKind.CLIENT,
         status=status or Status(StatusCode.ERROR, "boom"),
         start_time=1_700_000_000_000_000_000,
-        end_time=1_700_000_000_800_000_000,
+        end_time=end_time,
     )
 
 
@@ -79,6 +80,11 @@ def _variants() -> list[ReadableSpan]:
         _span(status=Status(StatusCode.OK)),
         _span({"x": "y"}),
         _span({**CHAT, "note": "a\x00b", "n": math.nan}),
+        # The cases where the processor's figures could make another row:
+        _span({**CHAT, A.TT_MS_PER_TOKEN: 1.0, A.TT_TOKEN_SOURCE: "estimated"}),
+        _span({**CHAT, "gen_ai.request.model": "m" * 70_000}),
+        _span(end_time=1_699_999_999_000_000_000),
+        _span(context=SpanContext(7, 9, False, TraceFlags(0))),
     ]
     return plain + [_forwarded(span) for span in plain]
 
@@ -98,14 +104,17 @@ def test_the_sdk_layout_is_recognised() -> None:
 
 
 @pytest.mark.parametrize("span", _variants())
-def test_fields_read_directly_equal_the_properties(span: ReadableSpan) -> None:
-    fast = S._plain_span_data(span, None, with_resource=True)
-    if span.context is None:
-        assert fast is None  # unusual fields: the properties' way
-    else:
-        assert fast == S._span_data(span, None)
-    assert S.span_data(span) == S._span_data(span, None)
-    assert S._key(span) == (
+def test_fields_read_directly_equal_the_properties(
+    span: ReadableSpan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert S._sdk_state(span) is span.__dict__
+    fast, key = S.span_data(span), S._key(span)
+    lean = S.span_data(span, CHAT, with_resource=False)
+    monkeypatch.setattr(S, "_SDK_LAYOUT", False)  # every span takes the properties
+    assert S._sdk_state(span) is None
+    assert fast == S.span_data(span)
+    assert lean == S.span_data(span, CHAT, with_resource=False)
+    assert key == S._key(span) == (
         (span.start_time or 0) // 1000,
         span.context.trace_id if span.context else 0,
         span.context.span_id if span.context else 0,
@@ -118,26 +127,49 @@ def test_unknown_span_types_take_the_properties() -> None:
         name="chat m", context=base.context, resource=base.resource, attributes=dict(CHAT),
         start_time=base.start_time, end_time=base.end_time,
     )  # fmt: skip
-    assert S._plain_span_data(odd, None, with_resource=True) is None
+    assert S._sdk_state(odd) is None
     assert S.span_data(odd).name == "renamed"
 
 
-def test_row_data_leaves_out_only_the_resource() -> None:
+def test_span_data_without_the_resource_leaves_out_only_the_resource() -> None:
     span = _forwarded(_span())
     full = S.span_data(span, CHAT)
-    lean = S._row_data(span, CHAT)
+    lean = S.span_data(span, CHAT, with_resource=False)
     assert lean.resource == {} and full.resource == {"service.name": "svc"}
     lean.resource = full.resource
     assert lean == full
 
 
 def test_span_row_equals_build_row_of_span_data() -> None:
+    # span_data(span) of a forwarded span reads the processor's attributes (figures
+    # included): span_row, which derives them once, must store exactly that row.
     for span in _variants():
         if span.context is None:
             continue
         cache = S.ResourceCache(65_536)
         row = S.span_row(span, 65_536, cache)
         assert row == R.build_row(S.span_data(span), 65_536)
+
+
+def test_build_row_reads_the_derived_attributes_only_where_they_could_differ() -> None:
+    reads: list[str] = []
+    for span in _variants()[len(_variants()) // 2 :]:  # the forwarded ones
+        source = underived_attributes(span)
+        if span.context is None or source is None:
+            continue
+        data = S.span_data(span, dict(source))
+        reads.clear()
+
+        def derived(span: ReadableSpan = span) -> Any:
+            reads.append(span.name)
+            return span.attributes
+
+        row = R.build_row(data, 65_536, derived=derived)
+        assert row == R.build_row(S.span_data(span), 65_536)
+        could_differ = (
+            "note" in source or A.TT_MS_PER_TOKEN in source or len(source[A.GEN_AI_REQUEST_MODEL]) > 1000
+        )
+        assert len(reads) == (1 if could_differ else 0), dict(source)
 
 
 def test_resource_cache_serves_each_resource_its_own_cleaning() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import tokentrace
 from tokentrace._version import __version__
-from tokentrace.instrumentation import _common
+from tokentrace.instrumentation import recording
 
 ROOT = Path(__file__).resolve().parents[2]
 # Files that cannot import Python, and so name the version themselves (image tags).
@@ -19,7 +19,7 @@ IMAGE_TAG = re.compile(r"tokentrace:(\d+\.\d+\.\d+)")
 def test_the_package_and_the_instrumentation_scopes_read_it() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+([.-]?\w+)?", __version__)
     assert tokentrace.__version__ == __version__
-    assert _common.VERSION == __version__
+    assert recording.VERSION == __version__
 
 
 def test_the_cli_prints_it() -> None:

@@ -1,9 +1,8 @@
-"""SDK ``ReadableSpan`` → :class:`tokentrace.store.rows.SpanData` → row (pure)."""
+"""SDK ``ReadableSpan`` → :class:`tokentrace.store.rows.SpanData` → row (pure): one reader, one build."""
 
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -12,100 +11,84 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
-from tokentrace import attributes as A
-from tokentrace.processor import _DerivingSpan, plain_attributes, underived_attributes
-from tokentrace.store.rows import (
-    COLUMNS,
-    BuiltRow,
-    CleanMapping,
-    SpanData,
-    build_row,
-    clean_mapping,
-)
+from tokentrace.processor import DerivingSpan, plain_attributes, underived_attributes
+from tokentrace.store.rows import BuiltRow, CleanMapping, SpanData, build_row, clean_mapping
 
 _STATUS = {StatusCode.UNSET: "UNSET", StatusCode.OK: "OK", StatusCode.ERROR: "ERROR"}
 _KIND = {kind: kind.name for kind in SpanKind}  # Enum.name is a slow property
-_DERIVED_KEYS = frozenset(A.DERIVED_KEYS)
-_ATTRIBUTES = COLUMNS.index("attributes")
-_FIGURES = slice(COLUMNS.index("inference_ms"), COLUMNS.index("load_ms") + 1)
-assert COLUMNS[_FIGURES] == ("inference_ms", "ms_per_token", "prefill_ms_per_token",
-                             "decode_ms_per_token", "ttft_ms", "load_ms")
 
 
-def span_data(span: ReadableSpan, attributes: Mapping[str, Any] | None = None) -> SpanData:
-    """The storable facts of an ended SDK span (with ``attributes`` instead of its own)."""
-    data = _plain_span_data(span, attributes, with_resource=True)
-    return data if data is not None else _span_data(span, attributes)
+def span_data(
+    span: ReadableSpan, attributes: Mapping[str, Any] | None = None, *, with_resource: bool = True
+) -> SpanData:
+    """The storable facts of an ended SDK span (with ``attributes`` instead of its own).
 
-
-def _span_data(span: ReadableSpan, attributes: Mapping[str, Any] | None) -> SpanData:
-    """:func:`span_data` through the span's public properties: any ``ReadableSpan``."""
-    ctx = span.context
-    parent = span.parent
-    start = span.start_time or 0
-    end = span.end_time
-    status = span.status
-    resource = span.resource
-    return SpanData(  # positional: this runs once per span exported
-        ctx.trace_id.to_bytes(16, "big") if ctx else b"",
-        ctx.span_id.to_bytes(8, "big") if ctx else b"",
-        parent.span_id.to_bytes(8, "big") if parent else None,
-        span.name,
-        _kind_name(span.kind),
-        start,
-        end if end is not None else start,
-        plain_attributes(span._attributes) if attributes is None else attributes,
-        plain_attributes(resource.attributes) if resource else {},
-        _status_name(status.status_code),
-        status.description,
-    )
-
-
-def _plain_span_data(
-    span: ReadableSpan, attributes: Mapping[str, Any] | None, *, with_resource: bool
-) -> SpanData | None:
-    """:func:`_span_data` of a span of ``_PLAIN_SPAN_TYPES``, read from its fields.
-
-    ``None`` for any other span (take :func:`_span_data`). Without ``with_resource``
-    the resource is left out (empty): for a caller that cleaned it once already.
+    The one reader of a span. Without ``with_resource`` the resource is left out
+    (empty): for ``build_row(..., resource=...)``, which never reads it, given a
+    resource cleaned once per batch (:class:`ResourceCache`).
     """
-    if type(span) not in _PLAIN_SPAN_TYPES or not _SDK_LAYOUT:
-        return None
-    state = span.__dict__
-    try:
-        ctx, parent, status = state["_context"], state["_parent"], state["_status"]
-        start, end = state["_start_time"] or 0, state["_end_time"]
-        name, kind, resource = state["_name"], state["_kind"], state["_resource"]
-    except KeyError:  # not the SDK's layout after all: its properties are the contract
-        return None
-    if type(ctx) is not SpanContext or type(status) is not Status:
-        return None
-    if parent is not None and type(parent) is not SpanContext:
-        return None
+    state = _sdk_state(span)
+    if state is not None:
+        try:
+            ctx, parent, status = state["_context"], state["_parent"], state["_status"]
+            start, end = state["_start_time"] or 0, state["_end_time"]
+            name, kind, resource = state["_name"], state["_kind"], state["_resource"]
+        except KeyError:  # not the SDK's layout after all: its properties are the contract
+            state = None
+        else:
+            if (
+                type(ctx) is not SpanContext
+                or type(status) is not Status
+                or (parent is not None and type(parent) is not SpanContext)
+            ):
+                state = None
+    if state is not None:
+        trace_id = ctx[0].to_bytes(16, "big")  # trace_id, span_id: SpanContext is a tuple
+        span_id = ctx[1].to_bytes(8, "big")
+        parent_id = None if parent is None else parent[1].to_bytes(8, "big")
+        status_code, description = status._status_code, status._description
+    else:
+        ctx, parent, status = span.context, span.parent, span.status
+        start, end = span.start_time or 0, span.end_time
+        name, kind, resource = span.name, span.kind, span.resource
+        trace_id = ctx.trace_id.to_bytes(16, "big") if ctx else b""
+        span_id = ctx.span_id.to_bytes(8, "big") if ctx else b""
+        parent_id = parent.span_id.to_bytes(8, "big") if parent else None
+        status_code, description = status.status_code, status.description
     return SpanData(  # positional: this runs once per span exported
-        ctx[0].to_bytes(16, "big"),  # trace_id, span_id: SpanContext is a tuple
-        ctx[1].to_bytes(8, "big"),
-        None if parent is None else parent[1].to_bytes(8, "big"),
+        trace_id,
+        span_id,
+        parent_id,
         name,
         _kind_name(kind),
         start,
         end if end is not None else start,
         plain_attributes(span._attributes) if attributes is None else attributes,
         plain_attributes(resource.attributes) if with_resource and resource else _NO_RESOURCE_ATTRS,
-        _status_name(status._status_code),
-        status._description,
+        _status_name(status_code),
+        description,
     )
 
 
-# A span's properties (``span.context``, ``ctx.trace_id``, ``status.status_code``, …)
-# each cost a Python call that just returns a field, some fifteen a span. For the
-# span types the SDK and the processor hand over (``ReadableSpan``, and the
-# processor's copy, which overrides ``_attributes`` only and is read through it as
-# before), the fields are read directly: from the instance ``__dict__`` that
-# ``ReadableSpan.__init__`` fills, from ``SpanContext``'s tuple and from ``Status``'s
-# two fields. The layout is checked once here; if an SDK release changes it, every
-# span takes the properties.
-_PLAIN_SPAN_TYPES = frozenset((ReadableSpan, _DerivingSpan))
+def _sdk_state(span: ReadableSpan) -> dict[str, Any] | None:
+    """The fields of ``span`` to read directly, or None: read its properties instead.
+
+    The one shortcut of :func:`span_data` and :func:`in_key_order`. A span's
+    properties (``span.context``, ``ctx.trace_id``, ``status.status_code``, …) each
+    cost a Python call that just returns a field, some fifteen a span. For the span
+    types the SDK and the processor hand over (``ReadableSpan``, and the
+    processor's copy, which overrides ``_attributes`` only and is read through it as
+    before), the fields are read from the instance ``__dict__`` that
+    ``ReadableSpan.__init__`` fills, from ``SpanContext``'s tuple and from
+    ``Status``'s two fields. The layout is checked once here; if an SDK release
+    changes it, every span takes the properties.
+    """
+    if type(span) in _PLAIN_SPAN_TYPES and _SDK_LAYOUT:
+        return span.__dict__
+    return None
+
+
+_PLAIN_SPAN_TYPES = frozenset((ReadableSpan, DerivingSpan))
 
 
 def _sdk_layout() -> bool:
@@ -143,7 +126,7 @@ def _status_name(code: StatusCode) -> str:
 
 
 def _key(span: ReadableSpan) -> tuple[int, int, int]:
-    state = span.__dict__ if type(span) in _PLAIN_SPAN_TYPES and _SDK_LAYOUT else _NO_STATE
+    state = _sdk_state(span) or _NO_STATE
     ctx = state.get("_context", _UNREAD)
     start = state.get("_start_time", _UNREAD)
     if ctx is _UNREAD or start is _UNREAD:  # not a plain span: see _PLAIN_SPAN_TYPES
@@ -210,44 +193,19 @@ _NO_RESOURCE = object()  # matches no resource, None included
 
 
 def span_row(span: ReadableSpan, max_value_chars: int, resources: ResourceCache) -> BuiltRow:
-    """``build_row(span_data(span))``, without deriving the processor's figures twice.
+    """``build_row(span_data(span))``, built once, deriving the processor's figures once.
 
     A span forwarded by :class:`~tokentrace.processor.TokenEfficiencySpanProcessor`
     has its figures derived when its attributes are first read. ``build_row``
-    derives the same figures from the same functions, so the row is built from the
-    attributes the span ended with: the same row, at half the cost. It could differ
-    only where the processor's figures change what ``build_row`` sees — an attribute
-    with a derived figure's name, an attribute the sanitizer alters, a figure that
-    is not finite — and then the row is built from the processor's attributes.
+    derives the same figures from the same functions, so it is given the attributes
+    the span ended with, and the processor's only where they could make a different
+    row (see ``build_row``'s ``derived``).
     """
     resource = resources.get(span.resource)
     source = underived_attributes(span)
-    if source is not None:
-        attrs = plain_attributes(source)
-        if _DERIVED_KEYS.isdisjoint(attrs):
-            row = build_row(_row_data(span, attrs), max_value_chars, resource=resource)
-            if _unaltered(row):
-                return row
-    return build_row(_row_data(span, None), max_value_chars, resource=resource)
-
-
-def _row_data(span: ReadableSpan, attributes: Mapping[str, Any] | None) -> SpanData:
-    """``span_data(span, attributes)``, but the resource may be left out (empty).
-
-    For ``build_row(..., resource=...)``, which never reads ``SpanData.resource``:
-    the span's resource is cleaned once per batch (``ResourceCache``) instead.
-    """
-    data = _plain_span_data(span, attributes, with_resource=False)
-    return data if data is not None else _span_data(span, attributes)
-
-
-def _unaltered(row: BuiltRow) -> bool:
-    """No attribute needed sanitizing and every derived figure is finite."""
-    values = row.values
-    if A.TT_SANITIZED in values[_ATTRIBUTES]:
-        return False
-    # The derived figures' columns hold exactly the values of their attributes.
-    for value in values[_FIGURES]:
-        if type(value) is float and not math.isfinite(value):
-            return False
-    return True
+    if source is None:
+        return build_row(span_data(span, with_resource=False), max_value_chars, resource=resource)
+    data = span_data(span, plain_attributes(source), with_resource=False)
+    return build_row(
+        data, max_value_chars, resource=resource, derived=lambda: plain_attributes(span.attributes)
+    )

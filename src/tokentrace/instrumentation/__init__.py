@@ -33,7 +33,7 @@ from importlib import import_module, util
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from tokentrace.instrumentation._common import BaseInstrumentor
+from tokentrace.instrumentation.patching import BaseInstrumentor
 
 __all__ = ["instrument", "instrumentors"]
 

@@ -11,14 +11,17 @@ attribute reads; see ``bench/RESULTS.md``.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 import wrapt
 
 from tokentrace import attributes as A
-from tokentrace.instrumentation._common import Call, field, fields, guard, text_messages
+from tokentrace.instrumentation.call import Call
+from tokentrace.instrumentation.content import text_messages
+from tokentrace.instrumentation.fields import field, fields
+from tokentrace.instrumentation.guard import guard
 
 _log = logging.getLogger(__name__)
 
@@ -71,6 +74,10 @@ def record_llamacpp_timings(call: Call, timings: Any) -> None:
                 call.decode_s = ms / 1e3 / tokens
 
 
+def _untimed(now_ns: int) -> None:
+    """The clock of a stream not yet followed: times nothing."""
+
+
 if TYPE_CHECKING:
     _Proxy = wrapt.ObjectProxy[Any]
 else:  # wrapt before 2.0 has no subscriptable ObjectProxy
@@ -90,6 +97,7 @@ class StreamState:
         "reasons",
         "response_id",
         "text",
+        "tick",
         "usage",
     )  # fmt: skip
 
@@ -104,18 +112,19 @@ class StreamState:
         self.response_id: Any = None
         self.extras: list[Any] = []  # chunks that may carry llama.cpp `timings`
         self.done = False
+        self.tick: Callable[[int], None] = _untimed
 
-    def on_chunk(self, call: Call, chunk: Any) -> None:
-        """``chunk`` arrived now: its time on ``call``, and what it carried.
+    def follow(self, call: Call) -> None:
+        """Note each chunk's arrival on ``call`` (its :meth:`~Call.ticker`) from now on."""
+        self.tick = call.ticker()
 
-        The per-chunk path, so it is one method: ``Call.tick`` and the reading of
-        each choice are written out here rather than called.
+    def on_chunk(self, chunk: Any) -> None:
+        """``chunk`` arrived now: its time (see :meth:`follow`), and what it carried.
+
+        The per-chunk path, so it is one method: the reading of each choice is
+        written out here rather than called.
         """
-        now = perf_counter_ns()
-        if call.first_ns is None:
-            call.first_ns = now
-        call.last_ns = now
-        call.chunks += 1
+        self.tick(perf_counter_ns())
         try:
             if self.model is None:
                 self.model, self.response_id = chunk.model, chunk.id
@@ -204,7 +213,7 @@ class _TracedStream(_Proxy):
         on_chunk = state.on_chunk
         try:
             for chunk in self.__wrapped__:
-                on_chunk(call, chunk)
+                on_chunk(chunk)
                 yield chunk
         except GeneratorExit:
             state.finish(call)  # the caller stopped iterating early
@@ -223,7 +232,7 @@ class _TracedStream(_Proxy):
         except BaseException as exc:
             self._self_state.fail(self._self_call, exc)
             raise
-        self._self_state.on_chunk(self._self_call, chunk)
+        self._self_state.on_chunk(chunk)
         return chunk
 
     def __enter__(self) -> _TracedStream:
@@ -263,7 +272,7 @@ class _TracedAsyncStream(_Proxy):
         on_chunk = state.on_chunk
         try:
             async for chunk in self.__wrapped__:
-                on_chunk(call, chunk)
+                on_chunk(chunk)
                 yield chunk
         except GeneratorExit:
             state.finish(call)
@@ -282,7 +291,7 @@ class _TracedAsyncStream(_Proxy):
         except BaseException as exc:
             self._self_state.fail(self._self_call, exc)
             raise
-        self._self_state.on_chunk(self._self_call, chunk)
+        self._self_state.on_chunk(chunk)
         return chunk
 
     async def __aenter__(self) -> _TracedAsyncStream:
@@ -306,8 +315,12 @@ class _TracedAsyncStream(_Proxy):
 
 
 def traced_stream(stream: Any, call: Call, state: StreamState) -> Any:
+    """``stream`` (an ``openai.Stream``), followed to its end by ``state`` for ``call``."""
+    state.follow(call)
     return _TracedStream(stream, call, state)
 
 
 def traced_async_stream(stream: Any, call: Call, state: StreamState) -> Any:
+    """``stream`` (an ``openai.AsyncStream``), followed to its end by ``state`` for ``call``."""
+    state.follow(call)
     return _TracedAsyncStream(stream, call, state)

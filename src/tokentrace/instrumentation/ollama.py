@@ -84,25 +84,19 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
 from tokentrace import attributes as A
-from tokentrace.instrumentation._common import (
+from tokentrace.instrumentation.caches import Server, Servers
+from tokentrace.instrumentation.call import Call, start_call
+from tokentrace.instrumentation.content import chat_messages, text_messages, to_json
+from tokentrace.instrumentation.fields import base_url
+from tokentrace.instrumentation.guard import guard
+from tokentrace.instrumentation.patching import BaseInstrumentor, Patcher
+from tokentrace.instrumentation.recording import RecordingTools, recording_tools
+from tokentrace.instrumentation.suppression import (
     LM_SUPPRESS_KEY,
     SUPPRESSED_BY_US,
-    BaseInstrumentor,
-    Call,
-    Patcher,
-    Server,
-    Servers,
-    Telemetry,
-    base_url,
-    chat_messages,
     enabled_context,
-    guard,
     host_span,
-    start_call,
     suppress_below,
-    telemetry_from,
-    text_messages,
-    to_json,
 )
 
 PROVIDER = "ollama"
@@ -156,16 +150,16 @@ class _Request:
         self.host = host  # another instrumentation's span of this call, to borrow
         self.shape = server.shape(operation, model, stream)
 
-    def start(self, telemetry: Telemetry) -> Call:
-        call = start_call(telemetry, self.shape, self.context, self.host)
+    def start(self, tools: RecordingTools) -> Call:
+        call = start_call(tools, self.shape, self.context, self.host)
         # ollama-python always sends an "options" key, usually None: nothing to read.
         # A borrowed span has its owner's reading of the request.
         if (
             call.owned
             and call.recording
-            and (telemetry.capture_content or self.body.get("options"))
+            and (tools.capture_content or self.body.get("options"))
         ):
-            guard(_record_request, call, self, telemetry.capture_content)
+            guard(_record_request, call, self, tools.capture_content)
         return call
 
 
@@ -245,7 +239,7 @@ def _record_response(
         _load_span(call, request, int(load_ns))
     if streamed_text is not None:
         text = "".join(streamed_text)
-    elif call.telemetry.capture_content and request.operation != A.OP_EMBEDDINGS:
+    elif call.tools.capture_content and request.operation != A.OP_EMBEDDINGS:
         text = _reply_text(response)
     else:
         return
@@ -262,7 +256,7 @@ def _load_span(call: Call, request: _Request, load_ns: int) -> None:
         A.TT_SERVER_LOAD_NS: load_ns,
     }
     attrs.update(request.server.attrs)
-    span = call.telemetry.tracer.start_span(
+    span = call.tools.tracer.start_span(
         f"{A.OP_LOAD_MODEL} {request.model}",
         context=trace.set_span_in_context(call.span),
         kind=SpanKind.INTERNAL,
@@ -272,24 +266,21 @@ def _load_span(call: Call, request: _Request, load_ns: int) -> None:
     span.end(end_time=call.start_ns + load_ns)
 
 
-def _stream_text(telemetry: Telemetry, call: Call) -> list[str] | None:
-    return [] if telemetry.capture_content and call.recording else None
+def _stream_text(tools: RecordingTools, call: Call) -> list[str] | None:
+    return [] if tools.capture_content and call.recording else None
 
 
 def _traced_stream(
-    telemetry: Telemetry, request: _Request, parts: Generator[Any, None, None], min_load_ns: int
+    tools: RecordingTools, request: _Request, parts: Generator[Any, None, None], min_load_ns: int
 ) -> Iterator[Any]:
     # Runs on first next(): that is when ollama-python sends the request.
-    call = request.start(telemetry)
-    text = _stream_text(telemetry, call)
+    call = request.start(tools)
+    text = _stream_text(tools, call)
+    tick = call.ticker()
     last = None
     try:
         for part in parts:
-            now = perf_counter_ns()  # Call.tick(), written out: the per-chunk path
-            if call.first_ns is None:
-                call.first_ns = now
-            call.last_ns = now
-            call.chunks += 1
+            tick(perf_counter_ns())
             last = part
             if text is not None:
                 text.append(guard(_reply_text, part) or "")
@@ -306,18 +297,15 @@ def _traced_stream(
 
 
 async def _traced_astream(
-    telemetry: Telemetry, request: _Request, parts: AsyncGenerator[Any, None], min_load_ns: int
+    tools: RecordingTools, request: _Request, parts: AsyncGenerator[Any, None], min_load_ns: int
 ) -> AsyncIterator[Any]:
-    call = request.start(telemetry)
-    text = _stream_text(telemetry, call)
+    call = request.start(tools)
+    text = _stream_text(tools, call)
+    tick = call.ticker()
     last = None
     try:
         async for part in parts:
-            now = perf_counter_ns()  # Call.tick(), written out: the per-chunk path
-            if call.first_ns is None:
-                call.first_ns = now
-            call.last_ns = now
-            call.chunks += 1
+            tick(perf_counter_ns())
             last = part
             if text is not None:
                 text.append(guard(_reply_text, part) or "")
@@ -370,7 +358,7 @@ def _request_of(args: tuple[Any, ...], instance: Any, kwargs: Mapping[str, Any])
 # is the same four steps (read the request; hand a stream its lazy wrapper; run the
 # call inside its span; record the response), the shared parts being _request_of,
 # Call and _record_response.
-def _sync_wrapper(telemetry: Telemetry, min_load_ns: int) -> Callable[..., Any]:
+def _sync_wrapper(tools: RecordingTools, min_load_ns: int) -> Callable[..., Any]:
     def traced_request(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -384,8 +372,8 @@ def _sync_wrapper(telemetry: Telemetry, min_load_ns: int) -> Callable[..., Any]:
                 parts = wrapped(*args, **kwargs)
             finally:
                 otel_context.detach(token)
-            return _traced_stream(telemetry, request, parts, min_load_ns)
-        with request.start(telemetry) as call:
+            return _traced_stream(tools, request, parts, min_load_ns)
+        with request.start(tools) as call:
             response = wrapped(*args, **kwargs)
         call.end(_record_response, request, response, min_load_ns)
         return response
@@ -393,7 +381,7 @@ def _sync_wrapper(telemetry: Telemetry, min_load_ns: int) -> Callable[..., Any]:
     return traced_request
 
 
-def _async_wrapper(telemetry: Telemetry, min_load_ns: int) -> Callable[..., Any]:
+def _async_wrapper(tools: RecordingTools, min_load_ns: int) -> Callable[..., Any]:
     async def traced_request(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -406,8 +394,8 @@ def _async_wrapper(telemetry: Telemetry, min_load_ns: int) -> Callable[..., Any]
                 parts = await wrapped(*args, **kwargs)
             finally:
                 otel_context.detach(token)
-            return _traced_astream(telemetry, request, parts, min_load_ns)
-        with request.start(telemetry) as call:
+            return _traced_astream(tools, request, parts, min_load_ns)
+        with request.start(tools) as call:
             response = await wrapped(*args, **kwargs)
         call.end(_record_response, request, response, min_load_ns)
         return response
@@ -430,7 +418,7 @@ class OllamaInstrumentor(BaseInstrumentor):
         return ("ollama >= 0.4",)
 
     def _instrument(self, **kwargs: Any) -> None:
-        telemetry = telemetry_from(__name__, kwargs)
+        tools = recording_tools(__name__, kwargs)
         min_load_ms = kwargs.get("min_load_ms")
         if min_load_ms is None:
             min_load_ms = DEFAULT_MIN_LOAD_MS
@@ -438,8 +426,8 @@ class OllamaInstrumentor(BaseInstrumentor):
         # outermost: above OpenLLMetry's wrapper of the same method, whose span a
         # wrapper below cannot see (see the module docs).
         self._patcher = Patcher(outermost=True)
-        self._patcher.add(_MODULE, "Client._request", _sync_wrapper(telemetry, min_load_ns))
-        self._patcher.add(_MODULE, "AsyncClient._request", _async_wrapper(telemetry, min_load_ns))
+        self._patcher.add(_MODULE, "Client._request", _sync_wrapper(tools, min_load_ns))
+        self._patcher.add(_MODULE, "AsyncClient._request", _async_wrapper(tools, min_load_ns))
         self._patcher.apply()
 
     def _uninstrument(self, **kwargs: Any) -> None:

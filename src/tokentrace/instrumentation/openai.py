@@ -73,24 +73,18 @@ from opentelemetry import context as otel_context
 from opentelemetry.trace import Span
 
 from tokentrace import attributes as A
-from tokentrace.instrumentation._common import (
+from tokentrace.instrumentation.caches import Server, Servers
+from tokentrace.instrumentation.call import Call, start_call
+from tokentrace.instrumentation.content import chat_messages, to_json
+from tokentrace.instrumentation.fields import base_url, fields
+from tokentrace.instrumentation.guard import guard
+from tokentrace.instrumentation.patching import BaseInstrumentor, Patcher
+from tokentrace.instrumentation.recording import RecordingTools, recording_tools
+from tokentrace.instrumentation.suppression import (
     LM_SUPPRESS_KEY,
     SUPPRESSED_BY_US,
-    BaseInstrumentor,
-    Call,
-    Patcher,
-    Server,
-    Servers,
-    Telemetry,
-    base_url,
-    chat_messages,
     enabled_context,
-    fields,
-    guard,
     host_span,
-    start_call,
-    telemetry_from,
-    to_json,
 )
 from tokentrace.instrumentation._openai_stream import (
     StreamState,
@@ -164,9 +158,9 @@ class _Request:
         self.host = host  # another instrumentation's span of this call, to borrow
         self.shape = server.shape(operation, self.model, self.stream)
 
-    def start(self, telemetry: Telemetry) -> Call:
-        call = start_call(telemetry, self.shape, self.context, self.host)
-        capture = telemetry.capture_content
+    def start(self, tools: RecordingTools) -> Call:
+        call = start_call(tools, self.shape, self.context, self.host)
+        capture = tools.capture_content
         # Most calls set none of the request options recorded: nothing to read then.
         # A borrowed span has its owner's reading of the request.
         if (
@@ -257,7 +251,7 @@ def _record_response(call: Call, request: _Request, response: Any) -> None:
     timings = get("timings")
     if timings is not None:
         record_llamacpp_timings(call, timings)
-    if call.telemetry.capture_content and choices:
+    if call.tools.capture_content and choices:
         call.attrs[A.GEN_AI_OUTPUT_MESSAGES] = to_json([_choice_message(c) for c in choices])
 
 
@@ -284,7 +278,7 @@ def _stream_types() -> tuple[type, type]:
 def _end(call: Call, request: _Request, result: Any, async_: bool) -> Any:
     """What ``create()`` returns, once the call is done: a stream follows it to its end."""
     if request.stream and isinstance(result, _stream_types()[async_]):
-        state = StreamState(request.operation, call.telemetry.capture_content)
+        state = StreamState(request.operation, call.tools.capture_content)
         return (traced_async_stream if async_ else traced_stream)(result, call, state)
     call.end(_record_response, request, result)
     return result
@@ -293,7 +287,7 @@ def _end(call: Call, request: _Request, result: Any, async_: bool) -> Any:
 # The sync and async create() differ only by the await: the steps are shared
 # (_request_of, Call as the span's scope, _end).
 def _sync_wrapper(
-    telemetry: Telemetry, operation: str, overrides: tuple[tuple[str, str], ...]
+    tools: RecordingTools, operation: str, overrides: tuple[tuple[str, str], ...]
 ) -> Callable[..., Any]:
     servers = _servers(overrides)
 
@@ -303,7 +297,7 @@ def _sync_wrapper(
         request = _request_of(instance, kwargs, servers, operation)
         if request is None:
             return wrapped(*args, **kwargs)
-        with request.start(telemetry) as call:
+        with request.start(tools) as call:
             result = wrapped(*args, **kwargs)
         return _end(call, request, result, async_=False)
 
@@ -311,7 +305,7 @@ def _sync_wrapper(
 
 
 def _async_wrapper(
-    telemetry: Telemetry, operation: str, overrides: tuple[tuple[str, str], ...]
+    tools: RecordingTools, operation: str, overrides: tuple[tuple[str, str], ...]
 ) -> Callable[..., Any]:
     servers = _servers(overrides)
 
@@ -321,7 +315,7 @@ def _async_wrapper(
         request = _request_of(instance, kwargs, servers, operation)
         if request is None:
             return await wrapped(*args, **kwargs)
-        with request.start(telemetry) as call:
+        with request.start(tools) as call:
             result = await wrapped(*args, **kwargs)
         return _end(call, request, result, async_=True)
 
@@ -342,15 +336,15 @@ class OpenAIInstrumentor(BaseInstrumentor):
         return ("openai >= 1.40",)
 
     def _instrument(self, **kwargs: Any) -> None:
-        telemetry = telemetry_from(__name__, kwargs)
+        tools = recording_tools(__name__, kwargs)
         overrides = tuple(sorted(dict(kwargs.get("providers") or {}).items()))
         self._patcher = Patcher()
         for module, sync_class, async_class, operation in _TARGETS:
             self._patcher.add(
-                module, f"{sync_class}.create", _sync_wrapper(telemetry, operation, overrides)
+                module, f"{sync_class}.create", _sync_wrapper(tools, operation, overrides)
             )
             self._patcher.add(
-                module, f"{async_class}.create", _async_wrapper(telemetry, operation, overrides)
+                module, f"{async_class}.create", _async_wrapper(tools, operation, overrides)
             )
         self._patcher.apply()
 

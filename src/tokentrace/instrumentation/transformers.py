@@ -36,6 +36,7 @@ import contextvars
 import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
 import wrapt
@@ -43,14 +44,10 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import SpanKind
 
 from tokentrace import attributes as A
-from tokentrace.instrumentation._common import (
-    BaseInstrumentor,
-    Call,
-    Patcher,
-    Telemetry,
-    guard,
-    telemetry_from,
-)
+from tokentrace.instrumentation.call import Call
+from tokentrace.instrumentation.guard import guard
+from tokentrace.instrumentation.patching import BaseInstrumentor, Patcher
+from tokentrace.instrumentation.recording import RecordingTools, recording_tools
 
 __all__ = ["TransformersInstrumentor"]
 
@@ -99,7 +96,7 @@ def _load_name(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     return str(source) if source is not None else ""
 
 
-def _load_wrapper(telemetry: Telemetry) -> Callable[..., Any]:
+def _load_wrapper(tools: RecordingTools) -> Callable[..., Any]:
     def traced_from_pretrained(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -108,7 +105,7 @@ def _load_wrapper(telemetry: Telemetry) -> Callable[..., Any]:
         name = _load_name(args, kwargs)
         attrs = _base_attrs(A.OP_LOAD_MODEL, name)
         attrs[A.TT_LOAD_SOURCE] = "client"
-        call = Call(telemetry, f"{A.OP_LOAD_MODEL} {name}", SpanKind.INTERNAL, attrs)
+        call = Call(tools, f"{A.OP_LOAD_MODEL} {name}", SpanKind.INTERNAL, attrs)
         loading = _LOADING.set(True)
         try:
             with call:
@@ -202,13 +199,13 @@ class _TimedStreamer(_Proxy):
 
     def __init__(self, streamer: Any, call: Call) -> None:
         super().__init__(streamer)
-        self._self_call = call
+        self._self_tick = call.ticker()
         self._self_prompt_seen = False
 
     def put(self, value: Any) -> Any:
         # generate() first puts the prompt (or the decoder's start token): not output.
         if self._self_prompt_seen:
-            self._self_call.tick()
+            self._self_tick(perf_counter_ns())
         else:
             self._self_prompt_seen = True
         return self.__wrapped__.put(value)
@@ -222,7 +219,7 @@ def _model_name(model: Any) -> str:
     return str(model_type or type(model).__name__)
 
 
-def _generate_wrapper(telemetry: Telemetry) -> Callable[..., Any]:
+def _generate_wrapper(tools: RecordingTools) -> Callable[..., Any]:
     def traced_generate(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -231,7 +228,7 @@ def _generate_wrapper(telemetry: Telemetry) -> Callable[..., Any]:
         name = _model_name(instance)
         prompt = guard(_prompt, instance, args, kwargs) or _Prompt(None, 0)
         call = Call(
-            telemetry, f"{A.OP_TEXT_COMPLETION} {name}", SpanKind.INTERNAL,
+            tools, f"{A.OP_TEXT_COMPLETION} {name}", SpanKind.INTERNAL,
             _base_attrs(A.OP_TEXT_COMPLETION, name),
         )  # fmt: skip
         if call.recording:
@@ -262,17 +259,17 @@ class TransformersInstrumentor(BaseInstrumentor):
         return ("transformers >= 4.40",)
 
     def _instrument(self, **kwargs: Any) -> None:
-        telemetry = telemetry_from(__name__, kwargs)
+        tools = recording_tools(__name__, kwargs)
         self._patcher = Patcher()
         self._patcher.add(
             "transformers.modeling_utils",
             "PreTrainedModel.from_pretrained",
-            _load_wrapper(telemetry),
+            _load_wrapper(tools),
         )
         self._patcher.add(
             "transformers.generation.utils",
             "GenerationMixin.generate",
-            _generate_wrapper(telemetry),
+            _generate_wrapper(tools),
         )
         self._patcher.apply()
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -123,25 +123,29 @@ class _Sanitizer:
 
     def column(self, value: str | None) -> str | None:
         """A short text column (name, model, …)."""
-        if value is None or (_is_plain_text(value) and len(value) <= _MAX_NAME_CHARS):
+        if value is None or _plain_text(value, _MAX_NAME_CHARS):
             return value
         return self.text("column", value, _MAX_NAME_CHARS)
 
-    def columns(self, *values: str | None) -> tuple[str | None, ...]:
-        """:meth:`column` of each value (one call for a row's short text columns)."""
-        for value in values:
-            if value is not None and not (
-                type(value) is str and len(value) <= _MAX_NAME_CHARS and value.isascii() and "\x00" not in value
-            ):
-                return tuple(self.column(v) for v in values)
-        return values
+    def columns(self, name: str, *cleaned: str | None) -> tuple[str | None, ...]:
+        """:meth:`column` of ``name`` and of each value after it (a row's short text columns).
+
+        The values after ``name`` come from mappings this sanitizer made storable
+        already (the span's attributes, its resource), so of those only the length
+        can need a change.
+        """
+        if _plain_text(name, _MAX_NAME_CHARS):
+            for value in cleaned:
+                if value is not None and len(value) > _MAX_NAME_CHARS:
+                    break
+            else:
+                return (name, *cleaned)
+        return (self.column(name), *(self.column(value) for value in cleaned))
 
     def value(self, where: str, value: Any, depth: int = 0) -> Any:
         kind = type(value)
         if kind is str:
-            if value.isascii() and len(value) <= self.limit and "\x00" not in value:
-                return value
-            return self.text(where, value)
+            return value if _plain_text(value, self.limit) else self.text(where, value)
         if kind is int or kind is bool or value is None or (kind is float and _isfinite(value)):
             return value
         return self._other(where, value, depth)
@@ -183,15 +187,15 @@ class _Sanitizer:
             # Each key is cleaned before its value, so changes are listed in that order.
             if key in _PLAIN_KEYS:
                 clean_key = key
-            elif type(key) is not str or len(key) > _MAX_NAME_CHARS or not key.isascii() or "\x00" in key:
-                clean_key = self.text("attribute key", str(key), _MAX_NAME_CHARS)
-            else:
+            elif _plain_text(key, _MAX_NAME_CHARS):
                 clean_key = key
                 if len(_PLAIN_KEYS) < _PLAIN_KEYS_MAX:
                     _PLAIN_KEYS.add(key)
+            else:
+                clean_key = self.text("attribute key", str(key), _MAX_NAME_CHARS)
             kind = type(value)
             if kind is str:
-                if len(value) > limit or not value.isascii() or "\x00" in value:
+                if not _plain_text(value, limit):
                     value = self.text(clean_key[:80], value)
             elif kind is tuple and _plain_items(value, limit):
                 value = list(value)
@@ -213,6 +217,8 @@ class _Sanitizer:
         for key, value in items.items():
             kind = type(value)
             if kind is str:
+                # _plain_text(value, limit), written out: a call per value costs this
+                # loop a fifth more (bench/RESULTS.md, "The pure core, plainly written").
                 if len(value) > limit or not value.isascii() or "\x00" in value:
                     clean[key] = self.text(key[:80], value)
             elif kind is tuple and _plain_items(value, limit):
@@ -234,16 +240,19 @@ def _plain_items(values: tuple[Any, ...], limit: int) -> bool:
     for value in values:
         kind = type(value)
         if kind is str:
-            if len(value) > limit or not value.isascii() or "\x00" in value:
+            if len(value) > limit or not value.isascii() or "\x00" in value:  # _plain_text
                 return False
         elif not (kind is int or kind is bool or (kind is float and _isfinite(value))):
             return False
     return True
 
 
-def _is_plain_text(value: object) -> bool:
-    """A ``str`` that is ASCII and has no NUL (length is the caller's check)."""
-    return type(value) is str and value.isascii() and "\x00" not in value
+def _plain_text(value: object, limit: int) -> bool:
+    """A ``str`` PostgreSQL takes as it is: ASCII, no NUL, at most ``limit`` characters.
+
+    What nearly all text is; any other text takes :meth:`_Sanitizer.text`.
+    """
+    return type(value) is str and len(value) <= limit and value.isascii() and "\x00" not in value
 
 
 _isfinite = math.isfinite
@@ -293,18 +302,29 @@ def build_row(
     max_value_chars: int = DEFAULT_MAX_VALUE_CHARS,
     *,
     resource: CleanMapping | None = None,
+    derived: Callable[[], Mapping[str, Any]] | None = None,
 ) -> BuiltRow:
     """One storable row for ``data``; raises :class:`RowError` if it has no usable identity.
 
     ``resource``, when given, stands for ``clean_mapping(data.resource,
     max_value_chars)`` computed beforehand: spans of one resource can share it (and
     its ``values`` dict) instead of each cleaning the same mapping again.
+
+    ``derived``, for a span whose figures were derived onto it already (by
+    :class:`~tokentrace.processor.TokenEfficiencySpanProcessor`): ``data.attributes``
+    are the attributes it ended with, and ``derived()`` returns them with those
+    figures. The row is the one ``derived()`` gives, what any exporter sees and the
+    receiver would store. Those figures are the ones derived here, from the same
+    functions, so the row is built from ``data.attributes`` (deriving once) unless
+    the two could differ: when ``data.attributes`` hold a figure's name already,
+    when the sanitizer changes one of them, or when a figure is not finite. Then
+    ``derived()`` is read instead, before any figure is derived from the others.
     """
     if resource is None:
         _check_ids(data)  # refused before any work, as always
         resource = clean_mapping(data.resource, max_value_chars)
-    head, attrs, problems = _row(data, max_value_chars, resource)
-    # ``+`` of two tuples is about twice as fast as unpacking one into a display.
+    head, attrs, problems = _row(data, max_value_chars, resource, derived)
+    # ``+`` of two tuples is faster than unpacking one into a display.
     return BuiltRow(head + (attrs, resource.values), problems, head[_START])
 
 
@@ -316,27 +336,41 @@ def build_wire_row(
     The same row, made in one step: the attributes dict is encoded as soon as it is
     built and then freed, instead of living (and being walked by the garbage
     collector) until the batch is written — the receiver's path, where rows wait
-    for a group commit. Measured in bench/RESULTS.md ("OTLP receiver"): about a
-    quarter less CPU than the two steps in a micro-benchmark, 2–4% less receiver
-    CPU per span end to end.
+    for a group commit. Less CPU than the two steps, per span and end to end:
+    see bench/RESULTS.md ("OTLP receiver").
     """
     head, attrs, problems = _row(data, max_value_chars, resource)
     return head + (jsonb(attrs), resource.jsonb or jsonb(resource.values)), problems
 
 
 def _row(
-    data: SpanData, max_value_chars: int, resource: CleanMapping
+    data: SpanData,
+    max_value_chars: int,
+    resource: CleanMapping,
+    derived: Callable[[], Mapping[str, Any]] | None = None,
 ) -> tuple[tuple[Any, ...], dict[str, Any], list[str]]:
-    """Every column but the two jsonb ones, the attributes to store, and what changed."""
+    """Every column but the two jsonb ones, the attributes to store, and what changed.
+
+    ``derived``: see :func:`build_row`.
+    """
     _check_ids(data)
+    source = data.attributes
+    if derived is not None and not _DERIVED_KEYS.isdisjoint(source):
+        source, derived = derived(), None
     clean = _Sanitizer(max_value_chars)
-    attrs = clean.mapping(data.attributes)
+    attrs = clean.mapping(source)
+    if derived is not None and clean.changed:
+        clean = _Sanitizer(max_value_chars)
+        attrs = clean.mapping(derived())
+        derived = None
     facts = normalize(attrs)
     duration_ms: float | None = (data.end_ns - data.start_ns) / 1e6
     if duration_ms is not None and duration_ms < 0:
         clean.changed.append("span ends before it starts: duration unknown")
         duration_ms = None
     eff = derive(facts, attrs, duration_ms)
+    if derived is not None and not _finite(eff):
+        return _row(replace(data, attributes=derived()), max_value_chars, resource)
     eff.add_to(attrs)
     if clean.changed:
         attrs[A.TT_SANITIZED] = clean.changed[:20]
@@ -344,16 +378,15 @@ def _row(
     service = resource.values.get(A.SERVICE_NAME)
     # ns_to_datetime, inlined (twice a span): (days, seconds, µs) positional is fastest.
     start = _EPOCH + _timedelta(0, 0, data.start_ns // 1000)
-    # Unpacked at once: a named tuple's fields (and GenAIFacts.model) cost a call each.
-    operation, provider, request_model, response_model, input_tokens, output_tokens = facts[:6]
+    operation = facts.operation
     if operation is None:
         operation = infer_operation(facts, data.name)
     name, service, operation, provider, model, error_type = clean.columns(
         data.name,
         service if isinstance(service, str) else None,
         operation,
-        provider,
-        response_model or request_model,  # GenAIFacts.model
+        facts.provider,
+        facts.model,
         _error_type(data, attrs),
     )
     head = (
@@ -369,13 +402,29 @@ def _row(
         start,
         _EPOCH + _timedelta(0, 0, data.end_ns // 1000),
         duration_ms,
-        input_tokens,
-        output_tokens,
+        facts.input_tokens,
+        facts.output_tokens,
     )
     # Efficiency's fields are the next seven columns, in the same order (see _EFFICIENCY).
     return head + eff + (data.status, error_type), attrs, clean.changed
 
 
+def _finite(eff: Efficiency) -> bool:
+    """No figure of ``eff`` is infinite or NaN."""
+    for value in (
+        eff.inference_ms,
+        eff.ms_per_token,
+        eff.prefill_ms_per_token,
+        eff.decode_ms_per_token,
+        eff.ttft_ms,
+        eff.load_ms,
+    ):
+        if value is not None and not _isfinite(value):
+            return False
+    return True
+
+
+_DERIVED_KEYS = frozenset(A.DERIVED_KEYS)
 _EFFICIENCY = slice(COLUMNS.index("inference_ms"), COLUMNS.index("token_source") + 1)
 assert COLUMNS[_EFFICIENCY] == Efficiency._fields, "the columns follow Efficiency's fields"
 
@@ -387,8 +436,8 @@ _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 def dumps_bytes(value: Any) -> bytes:
     """UTF-8 JSON for a jsonb column (values are already sanitized).
 
-    orjson is ~15× faster than the standard library here, which matters at tens of
-    thousands of spans a second; it refuses integers beyond 64 bits (a Python span
+    orjson is many times faster than the standard library here (bench/RESULTS.md),
+    which matters at tens of thousands of spans a second; it refuses integers beyond 64 bits (a Python span
     attribute may hold one), and those few values take the standard library's path.
     """
     try:

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.fakeservers import FakeOllama, FakeOpenAI
-from tokentrace.instrumentation._common import BaseInstrumentor
+from tokentrace.instrumentation.patching import BaseInstrumentor
 from tokentrace.processor import TokenEfficiencySpanProcessor
 
 

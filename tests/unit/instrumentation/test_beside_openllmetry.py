@@ -34,11 +34,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.fakeservers import FakeOllama, FakeOpenAI, Script
 from tokentrace import attributes as A
-from tokentrace.instrumentation._common import (
-    LM_SUPPRESS_KEY,
-    SUPPRESSED_BY_US,
-    BaseInstrumentor,
-)
+from tokentrace.instrumentation.patching import BaseInstrumentor
+from tokentrace.instrumentation.suppression import LM_SUPPRESS_KEY, SUPPRESSED_BY_US
 from tokentrace.instrumentation.ollama import OllamaInstrumentor
 from tokentrace.instrumentation.openai import OpenAIInstrumentor
 

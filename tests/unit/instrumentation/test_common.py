@@ -17,17 +17,12 @@ from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from tokentrace import attributes as A
-from tokentrace.instrumentation._common import (
-    BaseInstrumentor,
-    Patcher,
-    Server,
-    Servers,
-    capture_content_default,
-    enabled_context,
-    field,
-    fields,
-    guard,
-)
+from tokentrace.instrumentation.caches import Server, Servers
+from tokentrace.instrumentation.content import capture_content_default
+from tokentrace.instrumentation.fields import field, fields
+from tokentrace.instrumentation.guard import guard
+from tokentrace.instrumentation.patching import BaseInstrumentor, Patcher
+from tokentrace.instrumentation.suppression import enabled_context
 from tokentrace.instrumentation._metrics import (
     DURATION_BUCKETS,
     TIME_PER_OUTPUT_TOKEN_BUCKETS,
@@ -182,7 +177,7 @@ def test_guard_swallows_and_logs(caplog: pytest.LogCaptureFixture) -> None:
     def broken() -> int:
         raise RuntimeError("telemetry bug")
 
-    with caplog.at_level(logging.DEBUG, logger="tokentrace.instrumentation._common"):
+    with caplog.at_level(logging.DEBUG, logger="tokentrace.instrumentation.guard"):
         assert guard(broken) is None
     assert "broken" in caplog.text
     assert guard(lambda a, b=0: a + b, 1, b=2) == 3
