@@ -575,6 +575,9 @@ BEGIN
     t0 := tokentrace.bucket_floor(moment - interval '14 days', '24:00:00');
 
     RETURN QUERY
+    -- Every step MATERIALIZED: a handful of rows each, and inlined the steps would
+    -- repeat each other's expressions (a slope in the residual, the residual in the
+    -- p90 …) until planning alone took a second.
     WITH x AS MATERIALIZED (
         SELECT r.*
         FROM (VALUES (interval '00:05:00', t5, moment), (interval '01:00:00', t1, t5),
@@ -590,20 +593,20 @@ BEGIN
             WHERE r.grain = pl.grain AND r.bucket >= pl.lo AND r.bucket < pl.hi
               AND (wanted IS NULL OR r.model = ANY (wanted))
             OFFSET 0) r
-    ), b AS (
+    ), b AS MATERIALIZED (
         SELECT x.*, tokentrace.counts_as_call(x.operation) AS is_call,
                tokentrace.is_load(x.operation) AS is_load,
                x.first_start + (x.last_start - x.first_start) / 2 AS t_mid
         FROM x
-    ), a AS (
+    ), a AS MATERIALIZED (
         SELECT b.*, extract(epoch FROM max(b.t_mid) OVER (PARTITION BY b.model) - b.t_mid) / hl_s AS age
         FROM b
-    ), w AS (
+    ), w AS MATERIALIZED (
         -- Ages from the model's newest row: only ratios of weights matter, and these never
         -- underflow (a row 500 half-lives older than the newest weighs nothing).
         SELECT a.*, CASE WHEN a.age > 500 THEN 0::float8 ELSE power(2::float8, -a.age) END AS w
         FROM a
-    ), s AS (
+    ), s AS MATERIALIZED (
         SELECT w.model,
                coalesce(sum(w.fit_n) FILTER (WHERE w.is_call), 0)::bigint AS n,
                sum(w.w * w.fit_n) FILTER (WHERE w.is_call) AS sw,
@@ -638,29 +641,29 @@ BEGIN
         FROM w
         GROUP BY w.model
         HAVING sum(w.spans) <> 0  -- wrappers only: no model's rows
-    ), m AS (
+    ), m AS MATERIALIZED (
         SELECT s.*, s.sp / nullif(s.sw, 0) AS mp, s.so / nullif(s.sw, 0) AS mo,
                s.sy / nullif(s.sw, 0) AS my, s.sw * s.sw / nullif(s.sw2, 0) AS n_eff
         FROM s
-    ), v AS (
+    ), v AS MATERIALIZED (
         -- Weighted (co)variances about the means.
         SELECT m.*, m.spp / nullif(m.sw, 0) - m.mp * m.mp AS cpp, m.soo / nullif(m.sw, 0) - m.mo * m.mo AS coo,
                m.spo / nullif(m.sw, 0) - m.mp * m.mo AS cpo, m.spy / nullif(m.sw, 0) - m.mp * m.my AS cpy,
                m.soy / nullif(m.sw, 0) - m.mo * m.my AS coy, m.syy / nullif(m.sw, 0) - m.my * m.my AS cyy
         FROM m
-    ), k AS (
+    ), k AS MATERIALIZED (
         SELECT v.*, coalesce(v.cpp > 1e-9 * (v.mp * v.mp + 1), false) AS vp,
                coalesce(v.coo > 1e-9 * (v.mo * v.mo + 1), false) AS vo,
                v.cpp * v.coo - v.cpo * v.cpo AS det
         FROM v
-    ), full_fit AS (
+    ), full_fit AS MATERIALIZED (
         SELECT k.*,
                CASE WHEN k.vp AND k.vo AND k.det > 1e-9 * k.cpp * k.coo
                     THEN (k.cpy * k.coo - k.coy * k.cpo) / k.det END AS a_f,
                CASE WHEN k.vp AND k.vo AND k.det > 1e-9 * k.cpp * k.coo
                     THEN (k.coy * k.cpp - k.cpy * k.cpo) / k.det END AS b_f
         FROM k
-    ), sa AS (
+    ), sa AS MATERIALIZED (
         -- The prompt slope, and how it was had. A slope the data cannot give (every
         -- request the same size, sizes in proportion) is the server's own per-token
         -- timing where it reports one; a negative fitted slope (noise) is fixed at 0 and
@@ -678,7 +681,7 @@ BEGIN
                     WHEN f.b_f < 0 OR f.vp THEN 'least_squares_prompt'
                     ELSE 'ratios' END AS method
         FROM full_fit f
-    ), sb AS (
+    ), sb AS MATERIALIZED (
         SELECT sa.*,
                CASE WHEN sa.method IS NULL THEN NULL
                     WHEN sa.a_f >= 0 AND sa.b_f >= 0 THEN sa.b_f
@@ -691,12 +694,12 @@ BEGIN
                                                ELSE 0 END) END AS b,
                CASE sa.method WHEN 'least_squares' THEN 3 WHEN 'ratios' THEN 1 ELSE 2 END AS npar
         FROM sa
-    ), fit AS (
+    ), fit AS MATERIALIZED (
         SELECT sb.*, sb.my - sb.a * sb.mp - sb.b * sb.mo AS c,
                greatest(sb.cyy - 2 * sb.a * sb.cpy - 2 * sb.b * sb.coy + sb.a * sb.a * sb.cpp
                         + sb.b * sb.b * sb.coo + 2 * sb.a * sb.b * sb.cpo, 0) AS mse
         FROM sb
-    ), st AS (
+    ), st AS MATERIALIZED (
         SELECT f.*,
                CASE WHEN f.ka_at IS NOT NULL THEN 'keep_alive'
                     WHEN f.server_loads THEN 'ollama_default'
@@ -708,15 +711,15 @@ BEGIN
                CASE WHEN f.method IS NOT NULL THEN greatest(f.c + f.a * want_p + f.b * want_o, 0) END AS warm_est,
                CASE WHEN f.n_eff > f.npar THEN f.mse * f.n_eff / (f.n_eff - f.npar) END AS sigma2
         FROM fit f
-    ), ru AS (
+    ), ru AS MATERIALIZED (
         SELECT st.*,
                CASE WHEN st.res = 'no_expiry' OR st.ka < 0 THEN NULL
                     ELSE st.last_active + st.ka * interval '1 second' END AS until
         FROM st
-    ), hot AS (
+    ), hot AS MATERIALIZED (
         SELECT ru.*, (ru.res = 'no_expiry' OR ru.ka < 0 OR ru.until > moment) AS is_warm
         FROM ru
-    ), est AS (
+    ), est AS MATERIALIZED (
         SELECT h.model, h.warm_est + CASE WHEN h.is_warm THEN 0 ELSE coalesce(h.load_mean, 0) END AS e,
                h.warm_est + CASE WHEN h.is_warm THEN 0 ELSE coalesce(h.load_mean, 0) END
                  + 1.2815515655446004 * sqrt(h.sigma2 + CASE WHEN h.is_warm THEN 0 ELSE coalesce(h.load_var, 0) END)
