@@ -6,8 +6,9 @@ HTTP port, or any other), so it is easy to mount and to test; it answers a
 a ``(status, headers, body)`` tuple for servers of your own.
 
 Query parameters: ``window`` (``1h``, ``24h``, ``7d``, ``60d``; default ``24h``),
-``model`` (one model; default all), ``refresh`` (seconds between in-place
-refreshes, 0 for none; default 30), ``partial=1`` (only the data region, for the
+``model`` (one model; default all), ``route_prompt`` and ``route_output`` (the request
+size the "Which model, now?" panel ranks for; default 500 and 200 tokens), ``refresh``
+(seconds between in-place refreshes, 0 for none; default 30), ``partial=1`` (only the data region, for the
 page's own refresh). Others are ignored; more than
 :data:`~tokentrace.httpkit.MAX_QUERY_FIELDS` fields, or one of these given twice, is
 a 400 (:func:`tokentrace.httpkit.parse_query`).
@@ -34,9 +35,10 @@ from urllib.parse import unquote
 import psycopg
 
 from tokentrace import httpkit, reports
-from tokentrace.dashboard import page
+from tokentrace.dashboard import page, routing
 from tokentrace.dashboard.data import DEFAULT_WINDOW, WINDOWS, Window
 from tokentrace.dashboard.svg import esc
+from tokentrace.expected import ExpectedLatencyError
 from tokentrace.store.errors import UNAVAILABLE
 from tokentrace.store.pool import ConnectionPool
 
@@ -46,7 +48,7 @@ HTML_TYPE = "text/html; charset=utf-8"
 TOKEN_COOKIE = "tokentrace_token"
 TZ_COOKIE = "tt_tz"
 MAX_MODEL_CHARS = 512
-_PARAMETERS = ("window", "model", "refresh", "partial")
+_PARAMETERS = ("window", "model", "refresh", "partial", "route_prompt", "route_output")
 _RETRY_S = 10
 _NO_SCHEMA = (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction)
 
@@ -63,6 +65,7 @@ class Params:
     model: str | None
     refresh_s: int
     partial: bool
+    route: tuple[int, int] = (routing.DEFAULT_PROMPT_TOKENS, routing.DEFAULT_OUTPUT_TOKENS)
 
 
 def parse_query(query: Mapping[str, Sequence[str]] | str) -> Params:
@@ -84,7 +87,11 @@ def parse_query(query: Mapping[str, Sequence[str]] | str) -> Params:
             raise BadRequest(f"refresh must be 0 (off) or 5 to 3600 seconds, not {refresh_text!r}")
         refresh = int(refresh_text)
     partial = given.get("partial", "") in ("1", "true")
-    return Params(WINDOWS[window_key], model, refresh, partial)
+    try:
+        route = routing.request_size({k: [v] for k, v in given.items()})
+    except ExpectedLatencyError as exc:
+        raise BadRequest(str(exc)) from None
+    return Params(WINDOWS[window_key], model, refresh, partial, route)
 
 
 def cookies(header: str | None) -> dict[str, str]:
@@ -182,7 +189,7 @@ def dashboard_response(
     def render(conn: psycopg.Connection[Any]) -> str:
         return page.render_page(
             conn, window=params.window, model=params.model, refresh_s=params.refresh_s,
-            now=now, tz=zone, nonce=nonce, partial=params.partial,
+            now=now, tz=zone, nonce=nonce, partial=params.partial, route=params.route,
         )  # fmt: skip
 
     try:

@@ -11,6 +11,9 @@ reports, health and the dashboard. Sockets, threads and bodies are the transport
                                         ``{"status": "success", "efficiency": [...], "hours": 24}``
 ``GET /telemetry/60day``                ``{"status": "success", "statistics": {...}}``
 ``GET /telemetry/footprint``            ``{"status": "success", "footprint": {...}}``
+``GET /telemetry/expected-latency``     ``?prompt_tokens=800&output_tokens=200&model=…`` →
+                                        ``{"status": "success", "estimates": [...]}``
+                                        (see :mod:`tokentrace.expected`)
 ``GET /healthz``                        200 when the database answers, else 503
 ``GET /``                               the dashboard (see :mod:`tokentrace.dashboard`)
 ======================================  ===========================================
@@ -66,7 +69,7 @@ from typing import Any
 import psycopg
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from tokentrace import reports
+from tokentrace import expected, reports
 from tokentrace.dashboard import dashboard_response
 from tokentrace.httpkit import BEARER_CHALLENGE, Headers, Response, authorized, json_response
 from tokentrace.receiver import protocol
@@ -214,6 +217,14 @@ class HttpApp:
             lambda conn: {"status": "success", "footprint": reports.footprint(conn)}
         )
 
+    def expected_latency(self, request: Request) -> Response:
+        # Its own parameter rules (a repeatable model): tokentrace.expected.parse_query.
+        try:
+            asked = expected.parse_query(request.query)
+        except expected.ExpectedLatencyError as exc:
+            raise HttpError(400, str(exc)) from None
+        return self._report(lambda conn: {"status": "success", **expected.answer(conn, asked)})
+
     def _report(self, build: Callable[[psycopg.Connection[Any]], dict[str, Any]]) -> Response:
         try:
             with suppress_instrumentation():
@@ -281,6 +292,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/telemetry/efficiency", HttpApp.efficiency),
     Route("GET", "/telemetry/60day", HttpApp.sixty_day),
     Route("GET", "/telemetry/footprint", HttpApp.footprint),
+    Route("GET", "/telemetry/expected-latency", HttpApp.expected_latency),
     Route("GET", "/healthz", HttpApp.healthz, public=True),
     # The page checks the token itself: a browser following a link cannot send an
     # Authorization header, so it also accepts the cookie its sign-in form sets.
