@@ -51,9 +51,13 @@ What the strategy does for each request to a model group:
 5. **Fallback**: LiteLLM's default strategy (``simple-shuffle``: by ``weight``, then
    ``rpm``, then ``tpm``, else uniform) over all candidates when tokentrace has no
    trusted estimate for any of them, when the store cannot be reached, or when
-   anything else in tokentrace fails. The strategy never raises into the caller;
-   after a store failure it does not ask again for ``retry_after_s`` (30 s), so an
-   unreachable database costs one connection attempt per 30 s, not one per request.
+   anything else in tokentrace fails (``last_decision.reason`` says which:
+   ``"no trusted estimate"``, ``"store unavailable"``, ``"tokentrace failed (…)"``,
+   ``"backing off after a failure (…)"``).
+   The strategy never raises into the caller; after a failure it does not ask again
+   for ``retry_after_s`` (30 s), so an unreachable database costs one connection
+   attempt per 30 s, not one per request (a request tokentrace refuses as bad input,
+   a ``ValueError``, sets no back-off).
    (A host that drops packets makes libpq wait for its ``connect_timeout``: tokentrace
    sets 10 s unless the DSN or ``PGCONNECT_TIMEOUT`` says otherwise; put a shorter
    one in the DSN for routing.)
@@ -62,8 +66,11 @@ Each decision is kept as :attr:`TokentraceRoutingStrategy.last_decision` and, wh
 request has a ``metadata`` dict, under ``metadata["tokentrace_routing"]`` (as LiteLLM's
 own latency strategy leaves ``_latency_per_deployment`` there).
 
-The async path (``router.acompletion``) runs the database query in a worker thread,
-so the event loop is not blocked while tokentrace answers.
+The strategy keeps its database connections between requests (up to 4 idle, for 5
+minutes; :meth:`TokentraceRoutingStrategy.close` closes them): a new session's first
+``expected_latency()`` builds the function's plans, which costs far more than the
+answer itself. The async path (``router.acompletion``) runs the query in a worker
+thread, so the event loop is not blocked while tokentrace answers.
 """
 
 from __future__ import annotations
@@ -81,7 +88,10 @@ from litellm import provider_list
 from litellm.exceptions import BadRequestError
 from litellm.types.router import CustomRoutingStrategyBase
 
-from tokentrace.expected import Estimate, expected_latency
+from tokentrace.expected import Estimate, estimates
+from tokentrace.reports import report_pool
+from tokentrace.store.connection import resolve_dsn
+from tokentrace.store.pool import ConnectionPool
 
 __all__ = [
     "RoutingDecision",
@@ -238,7 +248,24 @@ class TokentraceRoutingStrategy(CustomRoutingStrategyBase):
         self._clock = clock
         self._lock = threading.Lock()
         self._store_down_until = 0.0
+        self._pool: ConnectionPool | None = None
         self.last_decision: RoutingDecision | None = None
+
+    def close(self) -> None:
+        """Close the database connections the strategy keeps (it opens new ones if used again)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def _ask(self, prompt: int, output: int, models: list[str]) -> list[Estimate]:
+        # Connections are kept between requests: a new session's first expected_latency()
+        # builds the function's plans, which costs more than the answer.
+        with self._lock:
+            if self._pool is None:
+                self._pool = report_pool(resolve_dsn(self.dsn))
+            pool = self._pool
+        return pool.run(lambda conn: estimates(conn, prompt, output, models))
 
     # LiteLLM's hook: both return an element of the router's model list.
     def get_available_deployment(  # type: ignore[override]
@@ -336,33 +363,45 @@ class TokentraceRoutingStrategy(CustomRoutingStrategyBase):
         with self._lock:
             down_for = self._store_down_until - self._clock()
         if down_for > 0:
-            return fallback(f"store unavailable (next try in {down_for:.0f} s)")
+            return fallback(f"backing off after a failure (next try in {down_for:.0f} s)")
         try:
-            estimates = expected_latency(self.dsn, prompt, output, sorted(by_model))
+            ranked = self._ask(prompt, output, sorted(by_model))
         except Exception as exc:  # telemetry never fails the caller's request
-            with self._lock:
-                self._store_down_until = self._clock() + self.retry_after_s
+            unavailable = _unavailable(exc)
+            if not isinstance(exc, ValueError) or unavailable:
+                # A request tokentrace refuses (ValueError: e.g. a model name too long)
+                # says nothing of the next one; anything else would fail it too.
+                with self._lock:
+                    self._store_down_until = self._clock() + self.retry_after_s
             logger.warning(
-                "tokentrace: no expected latency for %r (%s: %s); routing by LiteLLM's shuffle"
-                " for %.0f s",
-                model, type(exc).__name__, _describe(exc), self.retry_after_s,
+                "tokentrace: no expected latency for %r (%s: %s); routing by LiteLLM's shuffle%s",
+                model, type(exc).__name__, _describe(exc),
+                "" if isinstance(exc, ValueError) and not unavailable
+                else f" for {self.retry_after_s:.0f} s",
             )
-            return fallback("store unavailable")
-        for estimate in estimates:
+            reason = "store unavailable" if unavailable else f"tokentrace failed ({type(exc).__name__})"
+            return fallback(reason)
+        for estimate in ranked:
             if estimate.trusted and estimate.expected_ms is not None and estimate.model in by_model:
                 group = by_model[estimate.model]
                 picked = group[0] if len(group) == 1 else _shuffle(group, model, request_kwargs)
                 return picked, RoutingDecision(
                     model, prompt, output, "tokentrace", estimate.model, _deployment_id(picked),
-                    estimate.expected_ms, tuple(estimates),
+                    estimate.expected_ms, tuple(ranked),
                 )
-        return fallback("no trusted estimate", estimates)
+        return fallback("no trusted estimate", ranked)
 
 
 def _describe(exc: BaseException) -> str:
     from tokentrace.store.errors import describe
 
     return describe(exc)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    from tokentrace.store.errors import StoreUnavailable, is_unavailable
+
+    return is_unavailable(exc) or isinstance(exc, StoreUnavailable)
 
 
 def route_by_expected_latency(

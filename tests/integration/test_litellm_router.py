@@ -61,7 +61,16 @@ def servers() -> Iterator[dict[str, FakeOpenAI]]:
         server.stop()
 
 
-def _router(servers: dict[str, FakeOpenAI]) -> Any:
+@pytest.fixture
+def closing() -> Iterator[list[TokentraceRoutingStrategy]]:
+    """Strategies to close (their kept connections) after the test."""
+    made: list[TokentraceRoutingStrategy] = []
+    yield made
+    for strategy in made:
+        strategy.close()
+
+
+def _router(servers: dict[str, FakeOpenAI], slow_name: str = "m-slow") -> Any:
     def deployment(key: str, served: str, **info: str) -> dict[str, Any]:
         return {
             "model_name": GROUP,
@@ -77,7 +86,7 @@ def _router(servers: dict[str, FakeOpenAI]) -> Any:
         model_list=[
             deployment("m-decode", "m-decode"),
             deployment("m-prefill", "m-prefill"),
-            deployment("m-slow", "served-slow", tokentrace_model="m-slow"),
+            deployment("m-slow", "served-slow", tokentrace_model=slow_name),
         ]
     )
 
@@ -135,11 +144,12 @@ async def _acompletions(router: Any, n: int, messages: list[dict[str, str]], max
 
 
 def test_the_router_sends_each_request_to_the_deployment_tokentrace_ranks_first(
-    db: str, servers: dict[str, FakeOpenAI]
+    db: str, servers: dict[str, FakeOpenAI], closing: list[TokentraceRoutingStrategy]
 ) -> None:
     _store_calls(db)
     router = _router(servers)
     strategy = route_by_expected_latency(router, db)
+    closing.append(strategy)
 
     # A long prompt, a short answer: the fast prefill wins.
     long_p = estimate_prompt_tokens(LONG_PROMPT)
@@ -171,11 +181,12 @@ def test_the_router_sends_each_request_to_the_deployment_tokentrace_ranks_first(
 
 
 def test_the_decision_is_left_in_the_request_metadata_and_the_slow_deployment_is_named_by_model_info(
-    db: str, servers: dict[str, FakeOpenAI]
+    db: str, servers: dict[str, FakeOpenAI], closing: list[TokentraceRoutingStrategy]
 ) -> None:
     _store_calls(db)
     router = _router(servers)
     strategy = TokentraceRoutingStrategy(router, db)
+    closing.append(strategy)
     request: dict[str, Any] = {"metadata": {}, "max_tokens": 10}
     picked = strategy.get_available_deployment(GROUP, messages=LONG_PROMPT, request_kwargs=request)
     assert picked["model_info"]["id"] == "m-prefill"
@@ -186,14 +197,15 @@ def test_the_decision_is_left_in_the_request_metadata_and_the_slow_deployment_is
 
 
 def test_with_nothing_known_the_router_shuffles_as_litellm_does(
-    db: str, servers: dict[str, FakeOpenAI]
+    db: str, servers: dict[str, FakeOpenAI], closing: list[TokentraceRoutingStrategy]
 ) -> None:
     router = _router(servers)
     strategy = route_by_expected_latency(router, db)
+    closing.append(strategy)
     random.seed(20261207)  # LiteLLM's shuffle draws from the random module
-    asyncio.run(_acompletions(router, 30, SHORT_PROMPT, 20))
+    asyncio.run(_acompletions(router, 12, SHORT_PROMPT, 20))
     counts = _requests(servers)
-    assert sum(counts.values()) == 30
+    assert sum(counts.values()) == 12
     assert sum(1 for c in counts.values() if c > 0) >= 2, counts
     decision = strategy.last_decision
     assert decision is not None and decision.reason == "no trusted estimate"
@@ -202,7 +214,8 @@ def test_with_nothing_known_the_router_shuffles_as_litellm_does(
 
 
 def test_with_the_store_down_requests_still_route_and_the_store_is_not_asked_again_at_once(
-    servers: dict[str, FakeOpenAI], caplog: pytest.LogCaptureFixture
+    servers: dict[str, FakeOpenAI], caplog: pytest.LogCaptureFixture,
+    closing: list[TokentraceRoutingStrategy],
 ) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -210,6 +223,7 @@ def test_with_the_store_down_requests_still_route_and_the_store_is_not_asked_aga
     down = f"postgresql://tokentrace@127.0.0.1:{port}/tokentrace?connect_timeout=2"
     router = _router(servers)
     strategy = route_by_expected_latency(router, down, retry_after_s=60.0)
+    closing.append(strategy)
     with caplog.at_level("WARNING", logger="tokentrace.litellm_router"):
         asyncio.run(_acompletions(router, 1, SHORT_PROMPT, 20))
     assert strategy.last_decision is not None
@@ -217,17 +231,34 @@ def test_with_the_store_down_requests_still_route_and_the_store_is_not_asked_aga
     assert any("routing by LiteLLM's shuffle" in r.getMessage() for r in caplog.records)
     asyncio.run(_acompletions(router, 4, SHORT_PROMPT, 20))
     assert sum(_requests(servers).values()) == 5
-    assert strategy.last_decision.reason.startswith("store unavailable (next try in ")
+    assert strategy.last_decision.reason.startswith("backing off after a failure (next try in ")
 
 
 def test_an_unknown_model_group_fails_as_it_does_without_the_strategy(
-    db: str, servers: dict[str, FakeOpenAI]
+    db: str, servers: dict[str, FakeOpenAI], closing: list[TokentraceRoutingStrategy]
 ) -> None:
     router = _router(servers)
     with pytest.raises(litellm.BadRequestError, match="There are no healthy deployments") as plain:
         router.completion(model="nope", messages=SHORT_PROMPT)
-    route_by_expected_latency(router, db)
+    closing.append(route_by_expected_latency(router, db))
     with pytest.raises(litellm.BadRequestError, match="There are no healthy deployments") as ours:
         router.completion(model="nope", messages=SHORT_PROMPT)
     assert str(ours.value) == str(plain.value)
     assert _requests(servers) == {"m-decode": 0, "m-prefill": 0, "m-slow": 0}
+
+
+def test_a_request_tokentrace_refuses_falls_back_without_backing_off(
+    db: str, servers: dict[str, FakeOpenAI], closing: list[TokentraceRoutingStrategy]
+) -> None:
+    _store_calls(db)
+    # A model name tokentrace refuses to look up (over 512 characters).
+    router = _router(servers, slow_name="x" * 600)
+    strategy = TokentraceRoutingStrategy(router, db)
+    closing.append(strategy)
+    deployments = router.registry().deployments(GROUP)
+    for _ in range(2):
+        picked = strategy.get_available_deployment(GROUP, messages=SHORT_PROMPT,
+                                                    request_kwargs={"max_tokens": 20})
+        assert picked in deployments
+        assert strategy.last_decision is not None
+        assert strategy.last_decision.reason == "tokentrace failed (ExpectedLatencyError)"
