@@ -105,6 +105,9 @@ TT_STREAM_GENERATION_MS: Final = "tokentrace.stream.generation_ms"
 TT_STREAM_CHUNKS: Final = "tokentrace.stream.chunks"
 # True when the server omitted the prompt count because the prompt was cached.
 TT_PROMPT_CACHED: Final = "tokentrace.prompt_cached"
+# The keep-alive a call asked for (Ollama's keep_alive), in seconds; negative = forever.
+# Recorded whether or not content is captured: it says how long the model stays loaded.
+TT_REQUEST_KEEP_ALIVE_S: Final = "tokentrace.request.keep_alive_s"
 # Where a span's load was measured: "server" (reported), "client" (timed in process).
 TT_LOAD_SOURCE: Final = "tokentrace.load_source"
 TT_MODEL_DEVICE: Final = "tokentrace.model.device"

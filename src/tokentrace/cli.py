@@ -8,6 +8,7 @@
     tokentrace report efficiency --hours 6  # token-weighted ms/token per model
     tokentrace report 60day --json
     tokentrace report footprint
+    tokentrace route --prompt-tokens 800 --output-tokens 200   # which model, now?
     tokentrace prune --retention-days 30
     tokentrace migrate
     tokentrace psql                         # psql on the store
@@ -19,6 +20,7 @@ variables, else tokentrace's embedded PostgreSQL (in ``TOKENTRACE_DATA_DIR``).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
@@ -55,6 +57,18 @@ TRENDS_TABLE = (
     ("avg_efficiency", "ms/tok (60d)"),
     ("measurement_count", "calls"),
     ("total_tokens_processed", "tokens"),
+)
+ROUTE_TABLE = (
+    ("rank", "#"),
+    ("model", "model"),
+    ("expected_ms", "expected ms"),
+    ("p90_ms", "p90 ms"),
+    ("state", "warm"),
+    ("expected_load_ms", "load ms"),
+    ("prefill_ms_per_token", "prefill/tok"),
+    ("decode_ms_per_token", "decode/tok"),
+    ("calls", "calls"),
+    ("trust", "trust"),
 )
 FOOTPRINT_TABLE = (  # raw byte counts are in --json; one unit system on the page
     ("relation", "relation"),
@@ -194,6 +208,35 @@ def _print_footprint(foot: dict[str, Any]) -> None:
     print(render(foot["relations"], FOOTPRINT_TABLE + ((("exact_rows", "rows (exact)"),) if exact else ())))
 
 
+def cmd_route(args: argparse.Namespace) -> int:
+    from tokentrace import expected
+
+    dsn = _dsn(args)
+    _ensure_schema(dsn)
+    models = [m.strip() for value in args.model or () for m in value.split(",") if m.strip()] or None
+    half_life = dt.timedelta(minutes=args.half_life_minutes)
+    rows = expected.expected_latency(
+        dsn, args.prompt_tokens, args.output_tokens, models, half_life=half_life
+    )
+    rows = expected.require_known(rows, models)
+    if args.json:
+        _print_json({
+            "status": "success", "prompt_tokens": args.prompt_tokens, "output_tokens": args.output_tokens,
+            "half_life_minutes": args.half_life_minutes, "estimates": [e.to_json() for e in rows],
+        })  # fmt: skip
+        return 0
+    print(f"Expected latency of {args.prompt_tokens:,} prompt + {args.output_tokens:,} output tokens, "
+          f"fastest first (half-life {args.half_life_minutes:g} min)")  # fmt: skip
+    if not rows:
+        print("  no calls in the last 14 days — run `tokentrace demo`, or point an OTLP exporter at `tokentrace serve`")
+        return 0
+    table = [
+        {**e.to_json(), "state": "warm" if e.warm else "cold", "trust": e.reason or "ok"} for e in rows
+    ]
+    print(render(table, ROUTE_TABLE))
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from tokentrace.retention import prune
 
@@ -299,6 +342,45 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _token_count(text: str) -> int:
+    from tokentrace.expected import ExpectedLatencyError, check_tokens
+
+    try:
+        return check_tokens("token count", text)
+    except ExpectedLatencyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _half_life_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not 0 < value <= 7 * 24 * 60:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most {7 * 24 * 60} minutes, not {text}")
+    return value
+
+
+def _route_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "route", help="which model, now? expected latency of a request per model",
+        description="Rank the models by the expected latency of a request of this size now: a "
+        "recency-weighted fit of ms = intercept + prefill·P + decode·O per model, plus the load "
+        "time when the model is likely unloaded (see docs/routing.md).",
+    )  # fmt: skip
+    p.add_argument("--prompt-tokens", type=_token_count, required=True, metavar="P", help="prompt tokens")
+    p.add_argument("--output-tokens", type=_token_count, required=True, metavar="O",
+                   help="output tokens expected")  # fmt: skip
+    p.add_argument("--model", action="append", metavar="M",
+                   help="only this model (repeatable, or comma-separated); default: every model seen "
+                   "in the last 14 days")  # fmt: skip
+    p.add_argument("--half-life-minutes", type=_half_life_minutes, default=30.0,
+                   help="how fast older calls stop counting (default 30)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="machine-readable JSON instead of a table")
+    _add_dsn(p)
+    p.set_defaults(func=cmd_route)
+
+
 def _add_dsn(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dsn",
@@ -367,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _serve_parser(sub)
     _report_parser(sub)
+    _route_parser(sub)
 
     p = sub.add_parser("prune", help="drop raw spans older than the retention window",
                        description="Drop whole day partitions older than the retention window, and "

@@ -3,6 +3,9 @@
 Open ``http://127.0.0.1:4318/`` (or wherever ``tokentrace serve`` listens) and see,
 for the last hour, 24 hours, 7 days or 60 days and for all models or one:
 
+* **Which model, now?**: the models ranked by the expected time of a request of 500
+  prompt and 200 output tokens now (``?route_prompt=…&route_output=…`` for another
+  size), warm or cold, with the load a cold start adds (:mod:`tokentrace.expected`);
 * **Latency per output token** over time, one line per model (token-weighted:
   total inference time over output tokens), with a band up to the p95 of calls;
 * **Prefill vs decode** ms/token per model, where the server reports them;
@@ -22,7 +25,8 @@ it off on the page, or with ``?refresh=0``), sorts tables, and submits the model
 filter; without it the page still shows everything.
 
 Every figure comes from the documented SQL report objects (``efficiency()``,
-``efficiency_series()``, ``stats_60d``, ``model_trends_60d``, ``footprint``),
+``efficiency_series()``, ``stats_60d``, ``model_trends_60d``, ``footprint``,
+``expected_latency()``),
 never from a query of its own, so it agrees with ``psql`` and ``/telemetry/*``.
 
 Python::

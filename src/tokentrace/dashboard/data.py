@@ -3,7 +3,7 @@
 :func:`series` wraps ``tokentrace.efficiency_series()`` (``sql/0020_series.sql``);
 :func:`gather` collects everything one page needs through it and through
 :mod:`tokentrace.reports` (``efficiency()``, ``stats_60d``, ``model_trends_60d``,
-``footprint``). Nothing here queries ``tokentrace.spans`` directly, so the page
+``footprint``) and ``expected_latency()`` (:mod:`tokentrace.expected`). Nothing here queries ``tokentrace.spans`` directly, so the page
 says exactly what ``psql`` and ``/telemetry/*`` say.
 """
 
@@ -20,6 +20,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 from tokentrace import reports
+from tokentrace.dashboard.routing import ranking
+from tokentrace.expected import Estimate
 
 MAX_BUCKETS = 1000
 TREND_HOURS = 24 * 60
@@ -183,6 +185,8 @@ class PageData:
     overall: dict[str, Any]
     storage: Storage
     notes: list[str] = field(default_factory=list)
+    routing: list[Estimate] = field(default_factory=list)  # "Which model, now?"
+    route: tuple[int, int] = (500, 200)  # the request size it ranks for (prompt, output tokens)
 
     @property
     def colour(self) -> dict[str, int]:
@@ -282,7 +286,8 @@ def storage(foot: Mapping[str, Any], now: dt.datetime, retention_days: int) -> S
     )
 
 
-def gather(conn: psycopg.Connection[Any], window: Window, model: str | None, now: dt.datetime) -> PageData:
+def gather(conn: psycopg.Connection[Any], window: Window, model: str | None, now: dt.datetime,
+           route: tuple[int, int] = (500, 200)) -> PageData:  # fmt: skip
     """Read every report the page shows (a handful of queries, all through report objects)."""
     efficiency = reports.efficiency(conn, window.hours, model)
     start, end = chart_range(window, now)
@@ -315,4 +320,6 @@ def gather(conn: psycopg.Connection[Any], window: Window, model: str | None, now
         trend_series=trend_series,
         overall=sixty["overall"],
         storage=storage(reports.footprint(conn), now, retention),
+        routing=ranking(conn, route[0], route[1], model),
+        route=route,
     )

@@ -4,7 +4,8 @@
 HTTP port, or any other), so it is easy to mount and to test.
 
 Query parameters: ``window`` (``1h``, ``24h``, ``7d``, ``60d``; default ``24h``),
-``model`` (one model; default all), ``refresh`` (seconds between in-place
+``model`` (one model; default all), ``route_prompt`` and ``route_output`` (the request
+size the "Which model, now?" panel ranks for; default 500 and 200 tokens), ``refresh`` (seconds between in-place
 refreshes, 0 for none; default 30), ``partial=1`` (only the data region, for the
 page's own refresh). Others are ignored.
 
@@ -30,9 +31,10 @@ from urllib.parse import parse_qs, unquote
 import psycopg
 
 from tokentrace import reports
-from tokentrace.dashboard import page
+from tokentrace.dashboard import page, routing
 from tokentrace.dashboard.data import DEFAULT_WINDOW, WINDOWS, Window
 from tokentrace.dashboard.svg import esc
+from tokentrace.expected import ExpectedLatencyError
 from tokentrace.store.pool import ConnectionPool
 
 _log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class Params:
     model: str | None
     refresh_s: int
     partial: bool
+    route: tuple[int, int] = (routing.DEFAULT_PROMPT_TOKENS, routing.DEFAULT_OUTPUT_TOKENS)
 
 
 def _first(query: Mapping[str, Sequence[str]], key: str) -> str | None:
@@ -90,7 +93,11 @@ def parse_query(query: Mapping[str, Sequence[str]] | str) -> Params:
             raise BadRequest(f"refresh must be 0 (off) or 5 to 3600 seconds, not {refresh_text!r}")
         refresh = int(refresh_text)
     partial = (_first(query, "partial") or "") in ("1", "true")
-    return Params(WINDOWS[window_key], model, refresh, partial)
+    try:
+        route = routing.request_size(query)
+    except ExpectedLatencyError as exc:
+        raise BadRequest(str(exc)) from None
+    return Params(WINDOWS[window_key], model, refresh, partial, route)
 
 
 def cookies(header: str | None) -> dict[str, str]:
@@ -173,7 +180,7 @@ def handle_dashboard(
     def render(conn: psycopg.Connection[Any]) -> str:
         return page.render_page(
             conn, window=params.window, model=params.model, refresh_s=params.refresh_s,
-            now=now, tz=zone, nonce=nonce, partial=params.partial,
+            now=now, tz=zone, nonce=nonce, partial=params.partial, route=params.route,
         )  # fmt: skip
 
     try:

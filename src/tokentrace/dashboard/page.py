@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 import psycopg
 
-from tokentrace.dashboard import charts, fmt, timeaxis
+from tokentrace.dashboard import charts, fmt, routing, timeaxis
 from tokentrace.dashboard.data import DEFAULT_WINDOW, WINDOWS, PageData, Storage, Trend, Window, gather
 from tokentrace.dashboard.svg import colour_class, esc
 
@@ -414,6 +414,7 @@ def render_data(data: PageData, *, refresh_s: int | None, zone: timeaxis.Zone) -
         parts.append(_welcome())
     parts += [
         _kpis(data),
+        routing.routing_card(data.routing, data.colour, *data.route),
         _efficiency_card(data, zone),
         f'<div class="grid2">{_phases_card(data)}{_loads_card(data)}</div>',
         _table_card(data),
@@ -433,7 +434,8 @@ def _footer() -> str:
         "<footer>Figures come from the documented SQL reports (<code>tokentrace.efficiency()</code>, "
         "<code>efficiency_series()</code>, <code>model_trends_60d</code>, <code>footprint</code>): "
         "<code>tokentrace psql</code> gives the same numbers. JSON: <code>/telemetry/efficiency</code>, "
-        "<code>/telemetry/60day</code>, <code>/telemetry/footprint</code>.</footer>"
+        "<code>/telemetry/60day</code>, <code>/telemetry/footprint</code>, "
+        "<code>/telemetry/expected-latency</code>.</footer>"
     )
 
 
@@ -461,18 +463,20 @@ def render_page(
     tz: str | None = None,
     nonce: str = "",
     partial: bool = False,
+    route: tuple[int, int] = (routing.DEFAULT_PROMPT_TOKENS, routing.DEFAULT_OUTPUT_TOKENS),
 ) -> str:
     """The dashboard as HTML, read from the reports over ``conn``.
 
     ``window`` is one of :data:`~tokentrace.dashboard.data.WINDOWS` (``"1h"``,
     ``"24h"``, ``"7d"``, ``"60d"``); ``tz`` an IANA time zone name for the labels
     (UTC if unknown); ``nonce`` the Content-Security-Policy nonce of the inline
-    script; ``partial`` renders only the data region.
+    script; ``partial`` renders only the data region; ``route`` the (prompt, output)
+    tokens of the request the "Which model, now?" panel ranks the models for.
     """
     chosen = WINDOWS[window] if isinstance(window, str) else window
     moment = now or dt.datetime.now(dt.timezone.utc)
     zone = timeaxis.zone(tz)
-    data = gather(conn, chosen, model or None, moment)
+    data = gather(conn, chosen, model or None, moment, route)
     if partial:
         return render_data(data, refresh_s=refresh_s, zone=zone)
     return render_document(data, refresh_s=refresh_s, zone=zone, nonce=nonce)

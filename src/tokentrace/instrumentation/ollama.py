@@ -36,6 +36,10 @@ What the span records, from the response (the final ``done`` chunk of a stream):
   drown the real ones, and would cost a second span per call. The reported figure
   stays on the inference span (``tokentrace.server.load_duration_ns``) either way,
   so ms/token still excludes it.
+* ``tokentrace.request.keep_alive_s``: the ``keep_alive`` the request asked for, in
+  seconds (-1: forever), whether or not content is captured; absent when the call
+  states none (the server's default applies). ``tokentrace.expected_latency()`` reads
+  it to tell whether the model is still loaded.
 * Streams (``stream=True``): ollama-python sends the request only when iteration
   starts, so the span starts then and ends when the stream is exhausted or closed.
   ``gen_ai.response.time_to_first_chunk`` (seconds) is measured from the request,
@@ -67,6 +71,8 @@ Beside other Ollama instrumentations, one call makes one span:
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -158,6 +164,11 @@ class _Request:
 
     def start(self, telemetry: Telemetry) -> Call:
         call = start_call(telemetry, self.shape, self.context, self.host)
+        if call.recording and self.body.get("keep_alive") is not None:
+            # Borrowed spans too: how long the model stays loaded is this call's fact.
+            keep_alive = guard(keep_alive_seconds, self.body["keep_alive"])
+            if keep_alive is not None:
+                call.attrs[A.TT_REQUEST_KEEP_ALIVE_S] = keep_alive
         # ollama-python always sends an "options" key, usually None: nothing to read.
         # A borrowed span has its owner's reading of the request.
         if (
@@ -167,6 +178,38 @@ class _Request:
         ):
             guard(_record_request, call, self, telemetry.capture_content)
         return call
+
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def keep_alive_seconds(value: Any) -> float | None:
+    """Ollama's ``keep_alive`` in seconds, as the server reads it; negative: forever.
+
+    A number is seconds; a string is a number of seconds or a Go duration
+    (``"5m"``, ``"1h30m"``, ``"-1m"``); any negative duration keeps the model loaded
+    for good (recorded as -1). Anything else: None (the server would refuse it).
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            sign, body = (-1.0, text[1:]) if text[:1] == "-" else (1.0, text.lstrip("+"))
+            parts = _GO_DURATION.findall(body)
+            if not body or "".join(n + u for n, u in parts) != body:
+                return None
+            seconds = sign * sum(float(n) * _GO_UNIT_S[u] for n, u in parts)
+    else:
+        return None
+    if not math.isfinite(seconds):
+        return None
+    return -1.0 if seconds < 0 else seconds
 
 
 def _server(url: Any) -> Server:

@@ -9,6 +9,9 @@
                                         ``{"status": "success", "efficiency": [...], "hours": 24}``
 ``GET /telemetry/60day``                ``{"status": "success", "statistics": {...}}``
 ``GET /telemetry/footprint``            ``{"status": "success", "footprint": {...}}``
+``GET /telemetry/expected-latency``     ``?prompt_tokens=800&output_tokens=200&model=…`` →
+                                        ``{"status": "success", "estimates": [...]}``
+                                        (see :mod:`tokentrace.expected`)
 ``GET /healthz``                        200 when the database answers, else 503
 ``GET /``                               the dashboard (see :mod:`tokentrace.dashboard`)
 ======================================  ===========================================
@@ -52,7 +55,7 @@ from urllib.parse import parse_qs
 import psycopg
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from tokentrace import reports
+from tokentrace import expected, reports
 from tokentrace.dashboard import handle_dashboard
 from tokentrace.receiver import protocol
 from tokentrace.receiver.decode import DecodeError, decode_json, decode_protobuf
@@ -260,6 +263,7 @@ class HttpApp:
                 "/telemetry/efficiency": self.efficiency,
                 "/telemetry/60day": self.sixty_day,
                 "/telemetry/footprint": self.footprint,
+                "/telemetry/expected-latency": self.expected_latency,
             },
             "POST": {"/v1/traces": self.export_traces},
         }
@@ -349,6 +353,14 @@ class HttpApp:
         return self._report(
             lambda conn: {"status": "success", "footprint": reports.footprint(conn)}
         )
+
+    def expected_latency(self, request: Request) -> Response:
+        # Its own parameter rules (a repeatable model): tokentrace.expected.parse_query.
+        try:
+            asked = expected.parse_query(request.query)
+        except expected.ExpectedLatencyError as exc:
+            raise HttpError(400, str(exc)) from None
+        return self._report(lambda conn: {"status": "success", **expected.answer(conn, asked)})
 
     def _report(self, build: Callable[[psycopg.Connection[Any]], dict[str, Any]]) -> Response:
         try:

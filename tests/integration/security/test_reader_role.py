@@ -44,6 +44,7 @@ CALLS = {
     "span_time_bounds": "SELECT * FROM tokentrace.span_time_bounds()",
     "relation_growth": "SELECT * FROM tokentrace.relation_growth(now() - interval '1 day')",
     "footprint_summary": "SELECT * FROM tokentrace.footprint_summary(10000000000)",
+    "expected_latency": "SELECT * FROM tokentrace.expected_latency(800, 200, ARRAY['reader-model'])",
 }
 _names = itertools.count()
 

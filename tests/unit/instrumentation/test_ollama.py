@@ -461,3 +461,30 @@ def test_async_stream_left_early_still_ends_its_span(
     attrs = _attrs(only_span(span_exporter, f"chat {MODEL}"))
     assert attrs[A.TT_STREAM_CHUNKS] == 1
     assert A.GEN_AI_USAGE_OUTPUT_TOKENS not in attrs
+
+
+@pytest.mark.parametrize(
+    ("keep_alive", "seconds"),
+    [("10m", 600.0), (90, 90.0), ("1h30m", 5400.0), (-1, -1.0), ("-5m", -1.0), ("0", 0.0), (0, 0.0)],
+)
+def test_the_requested_keep_alive_is_recorded_in_seconds_without_content_capture(
+    instrument: Instrument, span_exporter: InMemorySpanExporter, client: Any, server: FakeOllama,
+    keep_alive: Any, seconds: float,
+) -> None:  # fmt: skip
+    instrument(OllamaInstrumentor)
+    client.chat(model=MODEL, messages=MESSAGES, keep_alive=keep_alive)
+    list(client.generate(model=MODEL, prompt="Hi", keep_alive=keep_alive, stream=True))
+
+    assert [r[1].get("keep_alive") for r in server.requests] == [keep_alive, keep_alive]
+    assert _attrs(only_span(span_exporter, f"chat {MODEL}"))[A.TT_REQUEST_KEEP_ALIVE_S] == seconds
+    streamed = _attrs(only_span(span_exporter, f"text_completion {MODEL}"))
+    assert streamed[A.TT_REQUEST_KEEP_ALIVE_S] == seconds
+    assert A.GEN_AI_INPUT_MESSAGES not in streamed
+
+
+def test_no_keep_alive_asked_none_recorded(
+    instrument: Instrument, span_exporter: InMemorySpanExporter, client: Any
+) -> None:
+    instrument(OllamaInstrumentor)
+    client.chat(model=MODEL, messages=MESSAGES)
+    assert A.TT_REQUEST_KEEP_ALIVE_S not in _attrs(only_span(span_exporter, f"chat {MODEL}"))
