@@ -721,7 +721,10 @@ def score(result: SimResult) -> dict[str, Any]:
 
 
 # --- one run against a real store ---------------------------------------------------------
-KEEP_ALIVE_ATTRIBUTE = "tokentrace.request.keep_alive_s"  # what migration 0130 reads
+def _keep_alive_attribute() -> str:
+    from tokentrace import attributes as A
+
+    return A.TT_REQUEST_KEEP_ALIVE_S  # what migration 0130 reads
 
 
 @contextmanager
@@ -764,7 +767,7 @@ def run_once(server_dsn: str, config: SimConfig, specs: Sequence[ModelSpec]) -> 
     # The simulated clock ends at the wall clock's now (rounded to the minute).
     now = dt.datetime.now(UTC).replace(second=0, microsecond=0)
     base = now - dt.timedelta(hours=config.hours)
-    sink = SpanSink(dsn, base, keep_alive_attribute=KEEP_ALIVE_ATTRIBUTE)
+    sink = SpanSink(dsn, base, keep_alive_attribute=_keep_alive_attribute())
     started = time.perf_counter()
     with psycopg.connect(dsn, autocommit=True) as conn:
         def query(prompt: int, output: int, models: Sequence[str], at: dt.datetime) -> Sequence[Any]:

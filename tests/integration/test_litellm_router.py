@@ -36,12 +36,6 @@ from tokentrace.litellm_router import (  # noqa: E402
     route_by_expected_latency,
 )
 
-# litellm's own types warn when pydantic first builds their schemas (inside the router,
-# not in tokentrace): warnings stay errors for everything else.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Items? .* (is|are) using the `ReadOnly` qualifier:UserWarning",
-)
-
 GROUP = "chat"
 # model -> (intercept ms, prefill ms/token, decode ms/token)
 COSTS = {"m-decode": (20.0, 2.0, 5.0), "m-prefill": (20.0, 0.1, 20.0), "m-slow": (100.0, 3.0, 40.0)}
