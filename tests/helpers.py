@@ -33,3 +33,24 @@ def own_database(dsn: str, name: str, *, migrated: bool = True) -> Iterator[str]
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(Identifier(name)))
+
+
+def require_optional(module: str, what: str) -> Any:
+    """``module`` imported, for a test of an optional dependency (an extra).
+
+    Missing, the test is skipped with the reason, except under CI (``CI=true``, as
+    GitHub Actions and most CI services set it), where the extra is installed and a
+    skip would hide a test that never ran: there it fails.
+    """
+    import importlib
+    import os
+
+    import pytest
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        message = f"{what} needs {module!r} ({exc}); pip install -e '.[test]'"
+        if os.environ.get("CI", "").strip().lower() in ("true", "1"):
+            pytest.fail(f"CI=true: {message}", pytrace=False)
+        pytest.skip(message, allow_module_level=True)
