@@ -8,6 +8,7 @@
     tokentrace report efficiency --hours 6  # token-weighted ms/token per model
     tokentrace report 60day --json
     tokentrace report footprint
+    tokentrace alerts                       # exit 1 when an alert fires (tokentrace.alerts_cli)
     tokentrace prune --retention-days 30
     tokentrace migrate
     tokentrace psql                         # psql on the store
@@ -30,7 +31,7 @@ from typing import Any
 
 import psycopg
 
-from tokentrace import reports
+from tokentrace import alerts_cli, reports
 from tokentrace.config import ConfigError, redact, retention_days
 from tokentrace.store.connection import describe, resolve_dsn
 from tokentrace.tables import format_bytes, render
@@ -367,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _serve_parser(sub)
     _report_parser(sub)
+    alerts_cli.add_parser(sub, _add_dsn)
 
     p = sub.add_parser("prune", help="drop raw spans older than the retention window",
                        description="Drop whole day partitions older than the retention window, and "

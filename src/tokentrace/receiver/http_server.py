@@ -9,6 +9,8 @@
                                         ``{"status": "success", "efficiency": [...], "hours": 24}``
 ``GET /telemetry/60day``                ``{"status": "success", "statistics": {...}}``
 ``GET /telemetry/footprint``            ``{"status": "success", "footprint": {...}}``
+``GET /telemetry/alerts``               ``{"status": "success", "alerts": [...], "firing": N,
+                                        "thresholds": {...}}`` (see :mod:`tokentrace.alerts`)
 ``GET /healthz``                        200 when the database answers, else 503
 ``GET /``                               the dashboard (see :mod:`tokentrace.dashboard`)
 ======================================  ===========================================
@@ -52,7 +54,7 @@ from urllib.parse import parse_qs
 import psycopg
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from tokentrace import reports
+from tokentrace import alerts, reports
 from tokentrace.dashboard import handle_dashboard
 from tokentrace.receiver import protocol
 from tokentrace.receiver.decode import DecodeError, decode_json, decode_protobuf
@@ -253,6 +255,8 @@ class HttpApp:
         self.settings = settings
         # Reports and the dashboard read on kept connections (tokentrace.store.pool).
         self.report_connections = reports.report_pool(dsn)
+        # From the environment once, as `tokentrace serve` checked them at start-up.
+        self.alert_thresholds = alerts.Thresholds.resolve()
         self.routes: dict[str, dict[str, Route]] = {
             "GET": {
                 "/": self.dashboard,
@@ -260,6 +264,7 @@ class HttpApp:
                 "/telemetry/efficiency": self.efficiency,
                 "/telemetry/60day": self.sixty_day,
                 "/telemetry/footprint": self.footprint,
+                "/telemetry/alerts": self.alerts,
             },
             "POST": {"/v1/traces": self.export_traces},
         }
@@ -349,6 +354,10 @@ class HttpApp:
         return self._report(
             lambda conn: {"status": "success", "footprint": reports.footprint(conn)}
         )
+
+    def alerts(self, request: Request) -> Response:
+        request.params(())
+        return self._report(lambda conn: alerts.report(conn, self.alert_thresholds))
 
     def _report(self, build: Callable[[psycopg.Connection[Any]], dict[str, Any]]) -> Response:
         try:
