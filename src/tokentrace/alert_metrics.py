@@ -101,11 +101,12 @@ class AlertGauges:
         meter.create_observable_gauge(
             THRESHOLD, [self._thresholds], description="The threshold the alert's value is held against"
         )
+        # No unit "1": Prometheus naming would append "_ratio" to these names.
         meter.create_observable_gauge(
-            FIRING, [self._firing], unit="1", description="1 while the alert fires, else 0"
+            FIRING, [self._firing], description="1 while the alert fires, else 0"
         )
         meter.create_observable_gauge(
-            EVALUATED, [self._evaluated], unit="1",
+            EVALUATED, [self._evaluated],
             description="1 when the alerts were evaluated, 0 when the database could not be read",
         )  # fmt: skip
 

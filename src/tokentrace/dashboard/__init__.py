@@ -3,6 +3,8 @@
 Open ``http://127.0.0.1:4318/`` (or wherever ``tokentrace serve`` listens) and see,
 for the last hour, 24 hours, 7 days or 60 days and for all models or one:
 
+* **Alerts** that fire now (:mod:`tokentrace.alerts`: regression ratio, error rate,
+  days until the disk cap);
 * **Latency per output token** over time, one line per model (token-weighted:
   total inference time over output tokens), with a band up to the p95 of calls;
 * **Prefill vs decode** ms/token per model, where the server reports them;

@@ -3,8 +3,9 @@
 :func:`series` wraps ``tokentrace.efficiency_series()`` (``sql/0020_series.sql``);
 :func:`gather` collects everything one page needs through it and through
 :mod:`tokentrace.reports` (``efficiency()``, ``stats_60d``, ``model_trends_60d``,
-``footprint``). Nothing here queries ``tokentrace.spans`` directly, so the page
-says exactly what ``psql`` and ``/telemetry/*`` say.
+``footprint``), and the alerts through :mod:`tokentrace.alerts`. Nothing here
+queries ``tokentrace.spans`` directly, so the page says exactly what ``psql`` and
+``/telemetry/*`` say.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 from tokentrace import reports
+from tokentrace.dashboard import alerts_panel
+from tokentrace.dashboard.alerts_panel import AlertsPanel
 
 MAX_BUCKETS = 1000
 TREND_HOURS = 24 * 60
@@ -183,6 +186,7 @@ class PageData:
     overall: dict[str, Any]
     storage: Storage
     notes: list[str] = field(default_factory=list)
+    alerts: AlertsPanel | None = None  # None: not gathered (the panel is left out)
 
     @property
     def colour(self) -> dict[str, int]:
@@ -315,4 +319,5 @@ def gather(conn: psycopg.Connection[Any], window: Window, model: str | None, now
         trend_series=trend_series,
         overall=sixty["overall"],
         storage=storage(reports.footprint(conn), now, retention),
+        alerts=alerts_panel.gather(conn, model),
     )
