@@ -12,10 +12,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import grpc
 import pytest
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
@@ -204,6 +207,19 @@ def test_http_alerts(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
         receiver.stop()
 
 
+def test_http_alerts_answer_503_while_the_database_is_away() -> None:
+    receiver = Receiver(settings(), "postgresql://tokentrace@127.0.0.1:9/none?connect_timeout=2")
+    receiver.start()
+    client = Http(receiver.http_port)
+    try:
+        result = client.get("/telemetry/alerts")
+        assert result.status == 503 and result.headers["retry-after"] == "2"
+        assert result.json() == {"status": "error", "error": "database unavailable; retry later"}
+    finally:
+        client.close()
+        receiver.stop()
+
+
 def test_a_bad_threshold_stops_the_receiver_with_the_variable_named(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -212,12 +228,24 @@ def test_a_bad_threshold_stops_the_receiver_with_the_variable_named(
         Receiver(settings(), db)
 
 
-def test_serve_exits_2_on_a_bad_threshold(subprocess_env: dict[str, str]) -> None:
-    env = dict(subprocess_env, TOKENTRACE_ALERT_DISK_DAYS="soon")
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"TOKENTRACE_ALERT_DISK_DAYS": "soon"}, r"TOKENTRACE_ALERT_DISK_DAYS='soon' is not a number$"),
+        ({"OTEL_METRICS_EXPORTER": "statsd"},
+         r"OTEL_METRICS_EXPORTER: no metrics exporter 'statsd' is installed$"),
+        ({"OTEL_METRICS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/json"},
+         r"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL='http/json': metrics go out as grpc or http/protobuf$"),
+    ],
+)  # fmt: skip
+def test_serve_exits_2_on_a_bad_threshold_or_exporter(
+    subprocess_env: dict[str, str], setting: dict[str, str], message: str
+) -> None:
+    env = dict(subprocess_env, **setting)
     server = ServeProcess(["--grpc-endpoint", "127.0.0.1:0", "--http-endpoint", "127.0.0.1:0"], env)
     try:
         assert server.process.wait(timeout=60) == 2
-        server.wait_for(r"configuration error: TOKENTRACE_ALERT_DISK_DAYS='soon' is not a number$")
+        server.wait_for(r"configuration error: " + message)
     finally:
         server.stop()
 
@@ -360,31 +388,65 @@ def _gauge_points(request: ExportMetricsServiceRequest) -> dict[str, dict[tuple[
     return out
 
 
-def test_serve_exports_the_gauges_over_otlp_http(
-    receiver: Receiver, db: str, subprocess_env: dict[str, str]
+class _GrpcSink(metrics_service_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc]
+    """An OTLP/gRPC metrics endpoint that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.requests: queue.Queue[tuple[str, ExportMetricsServiceRequest]] = queue.Queue()
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=2))
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(self, self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def Export(self, request: ExportMetricsServiceRequest, context: Any) -> ExportMetricsServiceResponse:
+        self.requests.put(("grpc", request))
+        return ExportMetricsServiceResponse()
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_serve_exports_the_gauges_over_otlp(
+    receiver: Receiver, db: str, subprocess_env: dict[str, str], protocol: str
 ) -> None:
     fleet(receiver)
-    sink = _Sink()
-    threading.Thread(target=sink.serve_forever, args=(0.1,), daemon=True).start()
+    if protocol == "grpc":
+        grpc_sink = _GrpcSink()
+        requests, endpoint, expected_path = grpc_sink.requests, f"http://127.0.0.1:{grpc_sink.port}", "grpc"
+        stop = lambda: grpc_sink.server.stop(None)  # noqa: E731
+    else:
+        sink = _Sink()
+        threading.Thread(target=sink.serve_forever, args=(0.1,), daemon=True).start()
+        requests, endpoint = sink.requests, f"http://127.0.0.1:{sink.server_port}/v1/metrics"
+        expected_path = "/v1/metrics"
+
+        def stop() -> None:
+            sink.shutdown()
+            sink.server_close()
+
     env = dict(
         subprocess_env,
         OTEL_METRICS_EXPORTER="otlp",
-        OTEL_EXPORTER_OTLP_METRICS_PROTOCOL="http/protobuf",
-        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=f"http://127.0.0.1:{sink.server_port}/v1/metrics",
+        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=endpoint,
         OTEL_METRIC_EXPORT_INTERVAL="300",
     )
+    env.pop("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", None)
+    if protocol == "grpc":
+        env.pop("OTEL_EXPORTER_OTLP_PROTOCOL", None)  # grpc is the default for `otlp`
+        env["OTEL_EXPORTER_OTLP_METRICS_INSECURE"] = "true"
+    else:
+        env["OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"] = protocol
     env.pop("OTEL_SERVICE_NAME", None)
     env.pop("OTEL_RESOURCE_ATTRIBUTES", None)
     server = ServeProcess(["--grpc-endpoint", "127.0.0.1:0", "--http-endpoint", "127.0.0.1:0",
                            "--no-prune"], env)  # fmt: skip
     try:
-        server.wait_for(r"alert metrics exported through otlp_proto_http$")
-        path, request = sink.requests.get(timeout=60)
+        name = "otlp_proto_grpc" if protocol == "grpc" else "otlp_proto_http"
+        server.wait_for(rf"alert metrics exported through {name}$")
+        path, request = requests.get(timeout=60)
         got = _gauge_points(request)
         while "tokentrace.alert.firing" not in got:  # the first export may precede the first read
-            path, request = sink.requests.get(timeout=60)
+            path, request = requests.get(timeout=60)
             got = _gauge_points(request)
-        assert path == "/v1/metrics"
+        assert path == expected_path
         resource = {a.key: a.value.string_value for a in request.resource_metrics[0].resource.attributes}
         assert resource["service.name"] == "tokentrace"
         scope = request.resource_metrics[0].scope_metrics[0].scope
@@ -394,8 +456,8 @@ def test_serve_exports_the_gauges_over_otlp_http(
         flaky = (("tokentrace.alert.model", "flaky"), ("tokentrace.alert.name", "error_rate"))
         assert {k for k, v in firing.items() if v == 1} == {slow, flaky}
         assert got["tokentrace.alert.value"][slow] == 2.0
+        assert got["tokentrace.alert.threshold"][flaky] == 0.05
         assert got["tokentrace.alert.evaluated"] == {(): 1}
     finally:
         server.stop()
-        sink.shutdown()
-        sink.server_close()
+        stop()

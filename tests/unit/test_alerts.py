@@ -71,6 +71,24 @@ def test_bad_values_name_the_variable_or_the_flag(field: str, raw: str, message:
     assert str(arg_error.value) == f"{flag}={raw!r} {message}"
 
 
+def test_every_threshold_variable_is_documented() -> None:
+    from pathlib import Path
+
+    import tokentrace.config
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    guide = (root / "docs" / "alerts.md").read_text(encoding="utf-8")
+    registry = tokentrace.config.__doc__ or ""
+    for field, variable in VARIABLES.items():
+        default = getattr(Thresholds(), field)
+        assert f"`{variable}`" in readme and f"``{variable}``" in registry
+        row = next(line for line in guide.splitlines() if line.startswith(f"| `{variable}` |"))
+        flag = "--" + field.replace("_", "-")
+        assert row.split("|")[2].strip() == f"`{flag}`"
+        assert row.split("|")[-2].strip() == f"{default:g}"
+
+
 # --- regression ----------------------------------------------------------------------------
 def _facts(
     changes: list[Change] = (),  # type: ignore[assignment]
