@@ -115,6 +115,10 @@ TT_MODEL_DTYPE: Final = "tokentrace.model.dtype"
 # Set by the store when a value had to be altered to be stored (truncated, NUL removed).
 TT_SANITIZED: Final = "tokentrace.sanitized"
 
+# --- tokentrace: metric attributes of the alert gauges (tokentrace.alert_metrics) ----
+TT_ALERT_NAME: Final = "tokentrace.alert.name"
+TT_ALERT_MODEL: Final = "tokentrace.alert.model"
+
 # token_source values
 SOURCE_REPORTED: Final = "reported"
 SOURCE_ESTIMATED: Final = "estimated"

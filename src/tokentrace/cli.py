@@ -9,6 +9,7 @@
     tokentrace report 60day --json
     tokentrace report footprint
     tokentrace route --prompt-tokens 800 --output-tokens 200   # which model, now?
+    tokentrace alerts                       # exit 1 when an alert fires (tokentrace.alerts_cli)
     tokentrace prune --retention-days 30
     tokentrace migrate
     tokentrace psql                         # psql on the store
@@ -32,7 +33,7 @@ from typing import Any
 
 import psycopg
 
-from tokentrace import reports
+from tokentrace import alerts_cli, reports
 from tokentrace.config import ConfigError, retention_days
 from tokentrace.store.connection import describe, resolve_dsn
 from tokentrace.store.errors import describe as describe_error
@@ -451,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(sub)
     _report_parser(sub)
     _route_parser(sub)
+    alerts_cli.add_parser(sub, _add_dsn)
 
     p = sub.add_parser("prune", help="drop raw spans older than the retention window",
                        description="Drop whole day partitions older than the retention window, and "

@@ -6,6 +6,8 @@ for the last hour, 24 hours, 7 days or 60 days and for all models or one:
 * **Which model, now?**: the models ranked by the expected time of a request of 500
   prompt and 200 output tokens now (``?route_prompt=…&route_output=…`` for another
   size), warm or cold, with the load a cold start adds (:mod:`tokentrace.expected`);
+* **Alerts** that fire now (:mod:`tokentrace.alerts`: regression ratio, error rate,
+  days until the disk cap);
 * **Latency per output token** over time, one line per model (token-weighted:
   total inference time over output tokens), with a band up to the p95 of calls;
 * **Prefill vs decode** ms/token per model, where the server reports them;

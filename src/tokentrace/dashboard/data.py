@@ -3,7 +3,8 @@
 :func:`series` wraps ``tokentrace.efficiency_series()`` (``sql/0020_series.sql``);
 :func:`gather` collects everything one page needs through it and through
 :mod:`tokentrace.reports` (``efficiency()``, ``stats_60d``, ``model_trends_60d``,
-``footprint``) and ``expected_latency()`` (:mod:`tokentrace.expected`). Nothing here queries ``tokentrace.spans`` directly, so the page
+``footprint``), ``expected_latency()`` (:mod:`tokentrace.expected`) and the alerts through
+:mod:`tokentrace.alerts`. Nothing here queries ``tokentrace.spans`` directly, so the page
 says exactly what ``psql`` and ``/telemetry/*`` say.
 """
 
@@ -22,6 +23,8 @@ from psycopg.rows import dict_row
 from tokentrace import reports
 from tokentrace.dashboard.routing import ranking
 from tokentrace.expected import Estimate
+from tokentrace.dashboard import alerts_panel
+from tokentrace.dashboard.alerts_panel import AlertsPanel
 
 MAX_BUCKETS = 1000
 TREND_HOURS = 24 * 60
@@ -187,6 +190,7 @@ class PageData:
     notes: list[str] = field(default_factory=list)
     routing: list[Estimate] = field(default_factory=list)  # "Which model, now?"
     route: tuple[int, int] = (500, 200)  # the request size it ranks for (prompt, output tokens)
+    alerts: AlertsPanel | None = None  # None: not gathered (the panel is left out)
 
     @property
     def colour(self) -> dict[str, int]:
@@ -322,4 +326,5 @@ def gather(conn: psycopg.Connection[Any], window: Window, model: str | None, now
         storage=storage(reports.footprint(conn), now, retention),
         routing=ranking(conn, route[0], route[1], model),
         route=route,
+        alerts=alerts_panel.gather(conn, model),
     )

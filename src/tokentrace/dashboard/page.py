@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 import psycopg
 
-from tokentrace.dashboard import charts, fmt, routing, timeaxis
+from tokentrace.dashboard import alerts_panel, charts, fmt, routing, timeaxis
 from tokentrace.dashboard.data import DEFAULT_WINDOW, WINDOWS, PageData, Storage, Trend, Window, gather
 from tokentrace.dashboard.svg import colour_class, esc
 
@@ -412,6 +412,8 @@ def render_data(data: PageData, *, refresh_s: int | None, zone: timeaxis.Zone) -
     parts = [meta]
     if not data.has_spans:
         parts.append(_welcome())
+    else:
+        parts.append(alerts_panel.render(data.alerts))
     parts += [
         _kpis(data),
         routing.routing_card(data.routing, data.colour, *data.route),
@@ -435,7 +437,7 @@ def _footer() -> str:
         "<code>efficiency_series()</code>, <code>model_trends_60d</code>, <code>footprint</code>): "
         "<code>tokentrace psql</code> gives the same numbers. JSON: <code>/telemetry/efficiency</code>, "
         "<code>/telemetry/60day</code>, <code>/telemetry/footprint</code>, "
-        "<code>/telemetry/expected-latency</code>.</footer>"
+        "<code>/telemetry/expected-latency</code>, <code>/telemetry/alerts</code>.</footer>"
     )
 
 

@@ -14,8 +14,10 @@ Then point any OTLP exporter at it, e.g. for the Python SDK::
 
 and with a token, ``OTEL_EXPORTER_OTLP_HEADERS="authorization=Bearer s3cret"``.
 Every setting, its environment variable and its default are listed in
-:mod:`tokentrace.receiver.settings`. Exit status: 0 after a drained shutdown, 1 if
-a port cannot be bound or the database setup fails, 2 for a bad setting.
+:mod:`tokentrace.receiver.settings`. With ``OTEL_METRICS_EXPORTER`` set, it also
+exports the alerts as OTel gauges (:mod:`tokentrace.alert_metrics`). Exit status: 0
+after a drained shutdown, 1 if a port cannot be bound or the database setup fails, 2
+for a bad setting (an alert threshold, an unusable metrics exporter too).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import logging
 import sys
 
+from tokentrace import alert_metrics, alerts
 from tokentrace.config import ConfigError
 from tokentrace.receiver.server import serve
 from tokentrace.receiver.settings import ServeSettings, resolve
@@ -112,10 +115,14 @@ def run(args: argparse.Namespace) -> int:
             every_hours=getattr(args, "prune_every", None),
             disabled=bool(getattr(args, "no_prune", False)),
         )
+        # Bad alert thresholds or an unusable OTEL_METRICS_EXPORTER stop serve here.
+        metrics = alert_metrics.from_environment(dsn, alerts.Thresholds.resolve())
     except ConfigError as exc:
         print(f"tokentrace serve: configuration error: {exc}", file=sys.stderr)
         return 2
     _ensure_logging()
+    if metrics is not None:
+        _log.info("alert metrics exported through %s", ", ".join(metrics.names))
     if pruner is not None:
         pruner.start()
     try:
@@ -131,3 +138,5 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if pruner is not None:
             pruner.stop()
+        if metrics is not None:
+            metrics.shutdown()

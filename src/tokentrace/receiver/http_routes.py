@@ -14,6 +14,8 @@ reports, health and the dashboard. Sockets, threads and bodies are the transport
 ``GET /telemetry/expected-latency``     ``?prompt_tokens=800&output_tokens=200&model=…`` →
                                         ``{"status": "success", "estimates": [...]}``
                                         (see :mod:`tokentrace.expected`)
+``GET /telemetry/alerts``               ``{"status": "success", "alerts": [...], "firing": N,
+                                        "thresholds": {...}}`` (see :mod:`tokentrace.alerts`)
 ``GET /healthz``                        200 when the database answers, else 503
 ``GET /``                               the dashboard (see :mod:`tokentrace.dashboard`)
 ======================================  ===========================================
@@ -43,8 +45,8 @@ and returns a :class:`~tokentrace.httpkit.Response`, and register it with one li
 in :data:`ROUTES`::
 
     def alerts(self, request: Request) -> Response:
-        params = request.params(("model",))  # 400 for anything else
-        return self._report(lambda conn: {"status": "success", "alerts": ...})
+        request.params(())  # 400 for any query parameter
+        return self._report(lambda conn: alerts.report(conn, self.alert_thresholds))
 
     ROUTES = (
         ...
@@ -69,7 +71,7 @@ from typing import Any
 import psycopg
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from tokentrace import expected, reports
+from tokentrace import alerts, expected, reports
 from tokentrace.dashboard import dashboard_response
 from tokentrace.httpkit import BEARER_CHALLENGE, Headers, Response, authorized, json_response
 from tokentrace.receiver import protocol
@@ -115,6 +117,8 @@ class HttpApp:
         self.settings = settings
         # Reports and the dashboard read on kept connections (tokentrace.store.pool).
         self.report_connections = reports.report_pool(dsn)
+        # From the environment once, as `tokentrace serve` checked them at start-up.
+        self.alert_thresholds = alerts.Thresholds.resolve()
         # method -> path -> route; ROUTES unless given (read at call time: defined below).
         self.routes: dict[str, dict[str, Route]] = {}
         for route in ROUTES if routes is None else routes:
@@ -224,6 +228,9 @@ class HttpApp:
         except expected.ExpectedLatencyError as exc:
             raise HttpError(400, str(exc)) from None
         return self._report(lambda conn: {"status": "success", **expected.answer(conn, asked)})
+    def alerts(self, request: Request) -> Response:
+        request.params(())
+        return self._report(lambda conn: alerts.report(conn, self.alert_thresholds))
 
     def _report(self, build: Callable[[psycopg.Connection[Any]], dict[str, Any]]) -> Response:
         try:
@@ -293,6 +300,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/telemetry/60day", HttpApp.sixty_day),
     Route("GET", "/telemetry/footprint", HttpApp.footprint),
     Route("GET", "/telemetry/expected-latency", HttpApp.expected_latency),
+    Route("GET", "/telemetry/alerts", HttpApp.alerts),
     Route("GET", "/healthz", HttpApp.healthz, public=True),
     # The page checks the token itself: a browser following a link cannot send an
     # Authorization header, so it also accepts the cookie its sign-in form sets.
