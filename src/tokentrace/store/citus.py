@@ -173,6 +173,12 @@ def rollup_function_sql(trigger_source: str) -> str:
                  "WHERE k.trace_id = c.trace_id AND k.parent_span_id = c.span_id)",
                  "coalesce((c.trace_id, c.span_id) IN (SELECT k.trace_id, k.parent_span_id "
                  "FROM calls k WHERE k.parent_span_id IS NOT NULL), false)", optional=True),
+            # A trigger that tries a plain INSERT first and falls back on unique_violation
+            # (0120's link rows): Citus reports a duplicate key met on a worker by an
+            # INSERT … SELECT as internal_error (XX000). The fallback is an upsert, right
+            # whatever the error was; one that was not a duplicate fails again there.
+            Edit("EXCEPTION WHEN unique_violation THEN",
+                 "EXCEPTION WHEN unique_violation OR internal_error THEN", None, optional=True),
             # First statement of the body: serialize rollups (see the module docstring).
             Edit(r"\nBEGIN\n", f"\nBEGIN\n    PERFORM pg_advisory_xact_lock(hashtext('{ROLLUP_LOCK}'));\n",
                  1, regex=True),
