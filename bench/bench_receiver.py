@@ -27,7 +27,9 @@ gRPC before … (``--baseline-src DIR``)
     the same, with receivers run from another copy of ``src/`` (say, the last
     commit's: ``git archive HEAD src | tar -x -C DIR``), in the same rounds, on a database
     of their own (``tokentrace_before``, same server) migrated by that copy's migrations,
-    so its SQL (the rollup trigger) is the one measured too. A receiver answers only after
+    so its SQL (the rollup trigger) is the one measured too. ``--baseline-src NAME=DIR``,
+    repeated, measures several baselines in the same rounds (phases ``gRPC NAME ×1``,
+    databases ``tokentrace_NAME``). A receiver answers only after
     the COPY is committed, so spans/s = spans ÷ (last answer − first send). Every
     answer is checked to be a full success, and the stored rows are counted. A
     receiver commits the requests in progress together (group commit); the spans
@@ -59,6 +61,8 @@ Usage::
         --phoenix                                 # and Arize Phoenix, 8 requests a phase
     python bench/bench_receiver.py --clients 8 --requests 80 --receivers 1,2 --workers 2 \
         --baseline-src /tmp/before/src            # the run recorded in bench/RESULTS.md
+    python bench/bench_receiver.py --clients 8 --requests 80 --runs 5 --receivers 1 \
+        --baseline-src before18=/tmp/before18/src --baseline-src main=/tmp/main/src
 
 Without ``--dsn`` a fresh embedded PostgreSQL runs in a temporary directory.
 """
@@ -183,13 +187,14 @@ def reset(dsn: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def baseline_database(dsn: str, src: str) -> str:
+def baseline_database(dsn: str, src: str, name: str = "before") -> str:
     """A database of its own for the "before" receivers, migrated by *their* migrations
     (a receiver's SQL, the rollup trigger above all, is part of what is measured)."""
+    db = f"tokentrace_{name}"
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS tokentrace_before WITH (FORCE)")
-        conn.execute("CREATE DATABASE tokentrace_before")
-    url = make_conninfo(dsn, dbname="tokentrace_before")
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+    url = make_conninfo(dsn, dbname=db)
     subprocess.run(
         [sys.executable, "-c", "import sys; from tokentrace.store.migrate import migrate; "
          "migrate(sys.argv[1])", url],
@@ -864,8 +869,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--baseline-src",
-        metavar="DIR",
-        help="also measure receivers run from this copy of src/ (PYTHONPATH), as 'before'",
+        metavar="[NAME=]DIR",
+        action="append",
+        default=[],
+        help="also measure receivers run from this copy of src/ (PYTHONPATH), as 'before' "
+        "(or NAME); repeat for several baselines, each on a database of its own",
     )
     parser.add_argument("--quick", action="store_true", help="2 runs of 10 requests")
     parser.add_argument(
@@ -918,10 +926,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             phoenix: dict[str, list[dict[str, float]]] = {}
             try:
-                baseline_dsn = (
-                    baseline_database(dsn, args.baseline_src) if args.baseline_src else None
-                )
-                results = run_rounds(bench, setups(args, baseline_dsn), args.runs)
+                baselines = [
+                    (name, src, baseline_database(dsn, src, name))
+                    for name, src in map(_named_src, args.baseline_src)
+                ]
+                results = run_rounds(bench, setups(args, baselines), args.runs)
                 if args.phoenix:
                     phoenix = run_phoenix(bench, args, phoenix_requests(args, requests))
             finally:
@@ -954,16 +963,25 @@ class Setup:
     dsn: str | None = None  # a database of its own (the baseline's schema), else the bench's
 
 
-def setups(args: argparse.Namespace, baseline_dsn: str | None = None) -> list[Setup]:
+def _named_src(arg: str) -> tuple[str, str]:
+    """``NAME=DIR`` or ``DIR`` (named "before")."""
+    name, sep, src = arg.partition("=")
+    return (name, src) if sep and name.isidentifier() else ("before", arg)
+
+
+def setups(
+    args: argparse.Namespace, baselines: Sequence[tuple[str, str, str]] = ()
+) -> list[Setup]:
+    """``baselines``: (name, src, dsn) of each baseline, measured before the candidate."""
     out = [Setup(f"×{n}", processes=n) for n in _counts(args.receivers)]
     out += [Setup(f"w{n}", workers=n) for n in _counts(args.workers)]
-    if args.baseline_src:
-        out = [
-            Setup(f"before {s.label}", s.processes, s.workers, args.baseline_src, baseline_dsn)
-            for s in out
-            if s.workers == 1  # the baseline may predate --workers
-        ] + out
-    return out
+    before = [
+        Setup(f"{name} {s.label}", s.processes, s.workers, src, dsn)
+        for name, src, dsn in baselines
+        for s in out
+        if s.workers == 1  # the baseline may predate --workers
+    ]
+    return before + out
 
 
 def _counts(text: str) -> list[int]:

@@ -464,6 +464,128 @@ def test_crossing_pairs_from_two_writers_do_not_deadlock(partitions: str, now: d
     _assert_rollups_equal_rebuild(db)
 
 
+# --- batches whose link rows meet earlier ones (0120's fallback to the upsert) -------------
+# A statement's link rows go in with a plain INSERT; when one of them exists already the
+# INSERT is rolled back and the statement upserts all its rows. These batches all take
+# that path, each mixing a row that exists with rows that do not.
+def test_siblings_over_several_batches_each_count(db: str, now: dt.datetime) -> None:
+    """Children of one agent span (no model) in three batches, the agent last: every
+    batch after the first names a parent row that exists."""
+    agent = _span(21, 1, name="invoke_agent", start=now, seconds=9,
+                  attributes={"gen_ai.operation.name": "invoke_agent"})  # fmt: skip
+    children = [_span(21, 2 + i, parent=1, start=now + dt.timedelta(seconds=i), output_tokens=10 * (i + 1))
+                for i in range(3)]  # fmt: skip
+    _write(db, [children[0]], [children[1], _span(22, 1, start=now)], [children[2]], [agent])
+    assert _efficiency(db) == {"llama3.2": (4, 40, 160)}
+    assert not any(w for _, w in _wrappers(db))
+    _assert_rollups_equal_rebuild(db)
+
+
+def test_a_call_parent_after_children_in_several_batches_is_one_wrapper(
+    db: str, now: dt.datetime
+) -> None:
+    parent = _span(23, 1, name="ChatOllama.chat", model="ChatOllama", start=now, seconds=9)
+    first = _span(23, 2, parent=1, start=now, output_tokens=30)
+    second = _span(23, 3, parent=1, start=now + dt.timedelta(seconds=3), output_tokens=50)
+    # The second batch also holds a pair of its own and an unrelated call: the
+    # fallback upsert finds the in-batch wrapper as the plain INSERT would have.
+    own_pair = [_span(24, 1, name="wrapper", start=now), _span(24, 2, parent=1, start=now, output_tokens=7)]
+    _write(db, [first], [second, *own_pair, _span(25, 1, start=now, output_tokens=1)], [parent])
+    assert _efficiency(db) == {"llama3.2": (4, 40, 88)}
+    assert query(db, "SELECT trace_id, span_id FROM tokentrace.spans WHERE wrapper ORDER BY 1") == [
+        ((23).to_bytes(16, "big"), (1).to_bytes(8, "big")),
+        ((24).to_bytes(16, "big"), (1).to_bytes(8, "big")),
+    ]
+    _assert_rollups_equal_rebuild(db)
+
+
+def test_a_batch_resent_with_a_new_span_counts_only_the_new_one(db: str, now: dt.datetime) -> None:
+    """A retried batch that gained a span: the stored spans are skipped (staging), the
+    new child's parent row exists (its sibling's), and the parent is subtracted once."""
+    parent, child = _pair(now)
+    sibling = _span(7, 3, parent=1, start=now + dt.timedelta(seconds=1), output_tokens=40)
+    _write(db, [parent, child], [parent, child, sibling], [parent, child, sibling])
+    assert _efficiency(db) == {"llama3.2": (2, 20, 140)}
+    assert [w for _, w in _wrappers(db)] == [True, False, False]
+    _assert_rollups_equal_rebuild(db)
+
+
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+def test_concurrent_siblings_wait_then_count_once_each(
+    partitions: str, now: dt.datetime, outcome: str
+) -> None:
+    """Two writers in flight with children of one parent stored earlier: the second's
+    plain INSERT waits on the first's row of the parent; after the first commits it
+    falls back to the upsert, after a rollback its INSERT goes through."""
+    db = partitions
+    parent = _span(26, 1, name="wrapper", start=now, seconds=9)
+    a = _span(26, 2, parent=1, start=now, output_tokens=30)
+    b = _span(26, 3, parent=1, start=now + dt.timedelta(seconds=1), output_tokens=50)
+    _write(db, [parent])
+    with psycopg.connect(db) as first_conn, psycopg.connect(db) as second_conn:
+        _insert(first_conn, [a])
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def second() -> None:
+            try:
+                _insert(second_conn, [b])
+                second_conn.commit()
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert not done.wait(1.0), "the second writer should wait for the first one's link row"
+        if outcome == "commit":
+            first_conn.commit()
+        else:
+            first_conn.rollback()
+        thread.join(30)
+    assert not errors, errors
+    expected = (2, 20, 80) if outcome == "commit" else (1, 10, 50)
+    assert _efficiency(db) == {"llama3.2": expected}
+    assert query(db, "SELECT wrapper FROM tokentrace.spans WHERE span_id = %s", ((1).to_bytes(8, "big"),)) == [
+        (True,)
+    ]
+    _assert_rollups_equal_rebuild(db)
+
+
+def test_many_writers_of_overlapping_traces_count_each_call_once(partitions: str, now: dt.datetime) -> None:
+    """Four writers at once, each with one child of each of eight parents (half stored
+    before, half after), in different orders: no deadlock, every call once."""
+    db = partitions
+    before = [_span(40 + t, 1, name="wrapper", start=now, seconds=9) for t in range(4)]
+    after = [_span(40 + t, 1, name="wrapper", start=now, seconds=9) for t in range(4, 8)]
+    _write(db, before)
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def write(w: int) -> None:
+        spans = [_span(40 + t, 2 + w, parent=1, start=now + dt.timedelta(seconds=w), output_tokens=1 + w)
+                 for t in range(8)]  # fmt: skip
+        try:
+            with psycopg.connect(db) as conn:
+                barrier.wait(10)
+                _insert(conn, spans if w % 2 else spans[::-1])
+                conn.commit()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    _write(db, after)
+    assert _efficiency(db) == {"llama3.2": (32, 320, 8 * (1 + 2 + 3 + 4))}
+    assert query(db, "SELECT count(*) FROM tokentrace.spans WHERE wrapper") == [(8,)]
+    _assert_rollups_equal_rebuild(db)
+
+
 def test_a_call_crossing_midnight_is_found_by_a_child_of_the_next_day(db: str) -> None:
     midnight = dt.datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     parent = _span(5, 1, name="agent", start=midnight - dt.timedelta(minutes=2), seconds=600)

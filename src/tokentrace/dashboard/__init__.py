@@ -37,7 +37,7 @@ Python::
 from __future__ import annotations
 
 from tokentrace.dashboard.data import WINDOWS, series
-from tokentrace.dashboard.handler import handle_dashboard
+from tokentrace.dashboard.handler import dashboard_response, handle_dashboard
 from tokentrace.dashboard.page import render_page
 
-__all__ = ["WINDOWS", "handle_dashboard", "render_page", "series"]
+__all__ = ["WINDOWS", "dashboard_response", "handle_dashboard", "render_page", "series"]

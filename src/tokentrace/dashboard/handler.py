@@ -1,35 +1,39 @@
 """``GET /`` as a plain function: query and headers in, status, headers and body out.
 
-:func:`handle_dashboard` knows nothing of the server that calls it (the receiver's
-HTTP port, or any other), so it is easy to mount and to test.
+:func:`dashboard_response` knows nothing of the server that calls it (the receiver's
+HTTP port, or any other), so it is easy to mount and to test; it answers a
+:class:`tokentrace.httpkit.Response`, and :func:`handle_dashboard` the same answer as
+a ``(status, headers, body)`` tuple for servers of your own.
 
 Query parameters: ``window`` (``1h``, ``24h``, ``7d``, ``60d``; default ``24h``),
 ``model`` (one model; default all), ``refresh`` (seconds between in-place
 refreshes, 0 for none; default 30), ``partial=1`` (only the data region, for the
-page's own refresh). Others are ignored.
+page's own refresh). Others are ignored; more than
+:data:`~tokentrace.httpkit.MAX_QUERY_FIELDS` fields, or one of these given twice, is
+a 400 (:func:`tokentrace.httpkit.parse_query`).
 
 Access: with a bearer token configured (``TOKENTRACE_AUTH_TOKEN``), the page wants
 either ``Authorization: Bearer <token>`` or the ``tokentrace_token`` cookie, which
 its sign-in form sets (a browser following a link cannot send the header). Both
-are compared in constant time. Every answer carries a Content-Security-Policy that
-allows no request anywhere except back to this server, so the page cannot leak
-data even if a value slipped through escaping.
+are compared in constant time (:func:`tokentrace.httpkit.authorized`,
+:func:`~tokentrace.httpkit.token_matches`). Every answer carries a
+Content-Security-Policy that allows no request anywhere except back to this server,
+so the page cannot leak data even if a value slipped through escaping.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hmac
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
 import psycopg
 
-from tokentrace import reports
+from tokentrace import httpkit, reports
 from tokentrace.dashboard import page
 from tokentrace.dashboard.data import DEFAULT_WINDOW, WINDOWS, Window
 from tokentrace.dashboard.svg import esc
@@ -41,12 +45,12 @@ HTML_TYPE = "text/html; charset=utf-8"
 TOKEN_COOKIE = "tokentrace_token"
 TZ_COOKIE = "tt_tz"
 MAX_MODEL_CHARS = 512
-_MAX_QUERY_FIELDS = 20
+_PARAMETERS = ("window", "model", "refresh", "partial")
 _RETRY_S = 10
 _DB_DOWN = (psycopg.OperationalError, psycopg.InterfaceError)
 _NO_SCHEMA = (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction)
 
-Answer = tuple[int, dict[str, str], bytes]
+Answer = tuple[int, dict[str, str], bytes]  # handle_dashboard's (status, headers, body)
 
 
 class BadRequest(ValueError):
@@ -61,35 +65,25 @@ class Params:
     partial: bool
 
 
-def _first(query: Mapping[str, Sequence[str]], key: str) -> str | None:
-    values = query.get(key)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise BadRequest(f"query parameter {key!r} given more than once")
-    return values[0]
-
-
 def parse_query(query: Mapping[str, Sequence[str]] | str) -> Params:
     """The page's parameters from a query string or a ``parse_qs`` mapping (``BadRequest`` if unusable)."""
-    if isinstance(query, str):
-        try:
-            query = parse_qs(query, keep_blank_values=True, max_num_fields=_MAX_QUERY_FIELDS)
-        except ValueError as exc:
-            raise BadRequest(f"bad query string: {exc}") from None
-    window_key = _first(query, "window") or DEFAULT_WINDOW.key
+    try:
+        given = httpkit.parse_query(query, _PARAMETERS, ignore_unknown=True)
+    except httpkit.BadQuery as exc:
+        raise BadRequest(str(exc)) from None
+    window_key = given.get("window") or DEFAULT_WINDOW.key
     if window_key not in WINDOWS:
         raise BadRequest(f"window must be one of {', '.join(WINDOWS)}, not {window_key!r}")
-    model = (_first(query, "model") or "").strip() or None
+    model = given.get("model", "").strip() or None
     if model is not None and len(model) > MAX_MODEL_CHARS:
         raise BadRequest(f"model name longer than {MAX_MODEL_CHARS} characters")
-    refresh_text = _first(query, "refresh")
+    refresh_text = given.get("refresh")
     refresh = page.DEFAULT_REFRESH_S
     if refresh_text not in (None, ""):
         if not refresh_text.isdigit() or not (int(refresh_text) == 0 or 5 <= int(refresh_text) <= 3600):
             raise BadRequest(f"refresh must be 0 (off) or 5 to 3600 seconds, not {refresh_text!r}")
         refresh = int(refresh_text)
-    partial = (_first(query, "partial") or "") in ("1", "true")
+    partial = given.get("partial", "") in ("1", "true")
     return Params(WINDOWS[window_key], model, refresh, partial)
 
 
@@ -103,18 +97,11 @@ def cookies(header: str | None) -> dict[str, str]:
     return found
 
 
-def _matches(candidate: str | None, token: str) -> bool:
-    return candidate is not None and hmac.compare_digest(candidate.encode(), token.encode())
-
-
 def authorized(authorization: str | None, cookie_header: str | None, token: str | None) -> bool:
     """True when no token is configured, or the bearer header or the cookie carries it."""
-    if not token:
+    if not token or httpkit.authorized(authorization, token):
         return True
-    scheme, _, credentials = (authorization or "").strip().partition(" ")
-    if scheme.lower() == "bearer" and _matches(credentials.strip(), token):
-        return True
-    return _matches(cookies(cookie_header).get(TOKEN_COOKIE), token)
+    return httpkit.token_matches(cookies(cookie_header).get(TOKEN_COOKIE), token)
 
 
 def security_headers(nonce: str) -> dict[str, str]:
@@ -138,9 +125,9 @@ def security_headers(nonce: str) -> dict[str, str]:
     }
 
 
-def _answer(status: int, body: str, nonce: str, extra: Mapping[str, str] | None = None) -> Answer:
-    headers = {"Content-Type": HTML_TYPE, **security_headers(nonce), **(extra or {})}
-    return status, headers, body.encode("utf-8")
+def _answer(status: int, body: str, nonce: str, extra: Mapping[str, str] | None = None) -> httpkit.Response:
+    headers = {**security_headers(nonce), **(extra or {})}
+    return httpkit.Response(status, body.encode("utf-8"), HTML_TYPE, tuple(headers.items()))
 
 
 def handle_dashboard(
@@ -155,6 +142,28 @@ def handle_dashboard(
 ) -> Answer:
     """Answer ``GET /``: ``(status, headers, body)``; ``headers`` includes ``Content-Type``.
 
+    The same answer as :func:`dashboard_response` (see there for the arguments), for
+    a server of your own that takes a header dict.
+    """
+    response = dashboard_response(
+        query, dsn, authorization=authorization, cookie=cookie, auth_token=auth_token,
+        now=now, connections=connections,
+    )  # fmt: skip
+    return response.status, {"Content-Type": response.content_type, **dict(response.headers)}, response.body
+
+
+def dashboard_response(
+    query: Mapping[str, Sequence[str]] | str,
+    dsn: str,
+    *,
+    authorization: str | None = None,
+    cookie: str | None = None,
+    auth_token: str | None = None,
+    now: dt.datetime | None = None,
+    connections: ConnectionPool | None = None,
+) -> httpkit.Response:
+    """Answer ``GET /``, with the security headers (:func:`security_headers`) on every answer.
+
     ``query`` is the raw query string or ``urllib.parse.parse_qs`` output;
     ``authorization`` and ``cookie`` are the request's headers of those names;
     ``auth_token`` the configured bearer token (None: the page is open);
@@ -162,7 +171,7 @@ def handle_dashboard(
     """
     nonce = secrets.token_urlsafe(16)
     if not authorized(authorization, cookie, auth_token):
-        return _answer(401, page.login_page(nonce), nonce, {"WWW-Authenticate": 'Bearer realm="tokentrace"'})
+        return _answer(401, page.login_page(nonce), nonce, dict([httpkit.BEARER_CHALLENGE]))
     try:
         params = parse_query(query)
     except BadRequest as exc:

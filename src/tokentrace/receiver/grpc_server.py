@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from tokentrace.httpkit import authorized
 from tokentrace.receiver import protocol
 from tokentrace.receiver.decode import DecodeError, decode_protobuf
 from tokentrace.receiver.ingest import (
@@ -34,7 +35,6 @@ from tokentrace.receiver.ingest import (
     Overloaded,
     StorageError,
     Unavailable,
-    authorized,
 )
 from tokentrace.receiver.settings import ServeSettings
 

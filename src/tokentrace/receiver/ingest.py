@@ -16,13 +16,10 @@ of the request is stored. A database that cannot be reached raises
 :class:`Unavailable` (retryable for the client) in every request of the group.
 :meth:`~Ingestor.admitted` bounds the number of requests in progress and raises
 :class:`Overloaded` beyond it.
-
-This module also holds the bearer-token check both protocols use.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
@@ -94,21 +91,6 @@ class ExportOutcome:
         more = len(self.rejected) - _SHOWN_REASONS
         tail = f"; and {more} more" if more > 0 else ""
         return f"{len(self.rejected)} of {self.received} spans rejected: {reasons}{tail}"
-
-
-def authorized(header: str | None, token: str | None) -> bool:
-    """True when no token is configured, or ``header`` is ``Bearer <token>``.
-
-    Compared in constant time, so the time taken says nothing about the token.
-    """
-    if token is None:
-        return True
-    if header is None:
-        return False
-    scheme, _, credentials = header.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(credentials.strip().encode(), token.encode())
 
 
 def _ids(span: SpanData) -> tuple[str, str]:

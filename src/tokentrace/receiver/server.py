@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from tokentrace.receiver.grpc_server import GrpcServer, TraceService
-from tokentrace.receiver.http_server import HttpApp, HttpServer
+from tokentrace.receiver.http_routes import HttpApp
+from tokentrace.receiver.http_transport import HttpServer
 from tokentrace.receiver.ingest import Ingestor
 from tokentrace.receiver.settings import ServeSettings
 from tokentrace.store.connection import describe
@@ -72,7 +73,8 @@ class Receiver:
     def _bind_servers(self, settings: ServeSettings, dsn: str) -> None:
         self._grpc = GrpcServer(TraceService(self.ingestor, settings.auth_token), settings)
         try:
-            self._http = HttpServer(HttpApp(self.ingestor, dsn, settings), settings)
+            self._http_app = HttpApp(self.ingestor, dsn, settings)
+            self._http = HttpServer(self._http_app, settings)
         except BaseException:
             self._grpc.begin_stop(0).wait()
             self._grpc.close()
@@ -88,7 +90,7 @@ class Receiver:
 
     @property
     def http_app(self) -> HttpApp:
-        return self._http.app
+        return self._http_app
 
     def start(self) -> None:
         self._grpc.start()

@@ -914,66 +914,104 @@ CREATE FUNCTION tokentrace.rollup_new_spans() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 DECLARE
+    k_day   date[];
+    k_trace bytea[];
+    k_span  bytea[];
+    k_start timestamptz[];
+    k_child boolean[];
     w_start timestamptz[];
     w_trace bytea[];
     w_span  bytea[];
-    late    tokentrace.spans[];
+    marked  tokentrace.spans[];
 BEGIN
+    -- The link rows of 0100, in key order: each call's own row (and the next day's,
+    -- for a call that ends after midnight), has_child when a call among the new spans
+    -- names it as its parent; and the row of each parent that is not among the new
+    -- spans. Grouped, for siblings and for two new spans with one (trace_id, span_id).
     WITH calls AS MATERIALIZED (
-        SELECT n.trace_id, n.span_id, n.parent_span_id, n.start_time, n.end_time
+        SELECT n.trace_id, n.span_id, n.parent_span_id, n.start_time,
+               (n.start_time AT TIME ZONE 'UTC')::date AS day,
+               (n.end_time AT TIME ZONE 'UTC')::date AS end_day
         FROM new_spans n
         WHERE n.model IS NOT NULL AND tokentrace.counts_as_call(n.operation)
     ), own AS (
-        SELECT c.trace_id, c.span_id, c.start_time,
-               (c.start_time AT TIME ZONE 'UTC')::date AS start_day,
-               (c.end_time AT TIME ZONE 'UTC')::date AS end_day,
-               EXISTS (SELECT FROM calls k
-                       WHERE k.trace_id = c.trace_id AND k.parent_span_id = c.span_id) AS has_child
+        SELECT c.day, c.trace_id, c.span_id, c.start_time, c.end_day,
+               coalesce((c.trace_id, c.span_id) IN (SELECT k.trace_id, k.parent_span_id FROM calls k
+                                                    WHERE k.parent_span_id IS NOT NULL), false)
+                   AS has_child
         FROM calls c
     ), keys AS (
-        SELECT o.start_day AS day, o.trace_id, o.span_id, o.start_time, o.has_child FROM own o
+        SELECT o.day, o.trace_id, o.span_id, o.start_time, o.has_child FROM own o
         UNION ALL
-        SELECT o.start_day + 1, o.trace_id, o.span_id, o.start_time, o.has_child
-        FROM own o WHERE o.end_day > o.start_day
+        SELECT o.day + 1, o.trace_id, o.span_id, o.start_time, o.has_child
+        FROM own o WHERE o.end_day > o.day
         UNION ALL
-        -- A parent among the new spans was decided above, call or not.
-        SELECT (c.start_time AT TIME ZONE 'UTC')::date, c.trace_id, c.parent_span_id,
-               NULL::timestamptz, true
+        SELECT c.day, c.trace_id, c.parent_span_id, NULL::timestamptz, true
         FROM calls c
         WHERE c.parent_span_id IS NOT NULL
           AND NOT EXISTS (SELECT FROM new_spans p
                           WHERE p.trace_id = c.trace_id AND p.span_id = c.parent_span_id)
-    ), linked AS (
-        INSERT INTO tokentrace.call_links AS l (day, trace_id, span_id, start_time, has_child)
-        SELECT k.day, k.trace_id, k.span_id, min(k.start_time), bool_or(k.has_child)
+    ), g AS (
+        SELECT k.day, k.trace_id, k.span_id, min(k.start_time) AS start_time,
+               bool_or(k.has_child) AS has_child
         FROM keys k
         GROUP BY k.day, k.trace_id, k.span_id
-        ORDER BY k.day, k.trace_id, k.span_id
-        ON CONFLICT (day, trace_id, span_id) DO UPDATE
-            SET start_time = coalesce(l.start_time, excluded.start_time),
-                has_child  = l.has_child OR excluded.has_child
-            WHERE (l.start_time IS NULL AND excluded.start_time IS NOT NULL)
-               OR (excluded.has_child AND NOT l.has_child)
-        RETURNING l.start_time, l.trace_id, l.span_id, l.has_child
     )
-    SELECT array_agg(x.start_time), array_agg(x.trace_id), array_agg(x.span_id)
-    INTO w_start, w_trace, w_span
-    FROM linked x
-    WHERE x.has_child AND x.start_time IS NOT NULL;
+    SELECT array_agg(g.day ORDER BY g.day, g.trace_id, g.span_id),
+           array_agg(g.trace_id ORDER BY g.day, g.trace_id, g.span_id),
+           array_agg(g.span_id ORDER BY g.day, g.trace_id, g.span_id),
+           array_agg(g.start_time ORDER BY g.day, g.trace_id, g.span_id),
+           array_agg(g.has_child ORDER BY g.day, g.trace_id, g.span_id)
+    INTO k_day, k_trace, k_span, k_start, k_child
+    FROM g;
 
+    IF k_day IS NOT NULL THEN
+        BEGIN
+            -- Usually every row is new: a plain INSERT, and the wrappers are the calls
+            -- with a child among the new spans.
+            INSERT INTO tokentrace.call_links (day, trace_id, span_id, start_time, has_child)
+            SELECT k.day, k.trace_id, k.span_id, k.start_time, k.has_child
+            FROM unnest(k_day, k_trace, k_span, k_start, k_child) WITH ORDINALITY
+                 AS k(day, trace_id, span_id, start_time, has_child, i)
+            ORDER BY k.i;
+            SELECT array_agg(k.start_time), array_agg(k.trace_id), array_agg(k.span_id)
+            INTO w_start, w_trace, w_span
+            FROM unnest(k_start, k_trace, k_span, k_child) AS k(start_time, trace_id, span_id, has_child)
+            WHERE k.has_child AND k.start_time IS NOT NULL;
+        EXCEPTION WHEN unique_violation THEN
+            -- Some row exists (committed: the INSERT waited for its writer): 0100's upsert.
+            WITH linked AS (
+                INSERT INTO tokentrace.call_links AS l (day, trace_id, span_id, start_time, has_child)
+                SELECT k.day, k.trace_id, k.span_id, k.start_time, k.has_child
+                FROM unnest(k_day, k_trace, k_span, k_start, k_child) WITH ORDINALITY
+                     AS k(day, trace_id, span_id, start_time, has_child, i)
+                ORDER BY k.i
+                ON CONFLICT (day, trace_id, span_id) DO UPDATE
+                    SET start_time = coalesce(l.start_time, excluded.start_time),
+                        has_child  = l.has_child OR excluded.has_child
+                    WHERE (l.start_time IS NULL AND excluded.start_time IS NOT NULL)
+                       OR (excluded.has_child AND NOT l.has_child)
+                RETURNING l.start_time, l.trace_id, l.span_id, l.has_child
+            )
+            SELECT array_agg(x.start_time), array_agg(x.trace_id), array_agg(x.span_id)
+            INTO w_start, w_trace, w_span
+            FROM linked x
+            WHERE x.has_child AND x.start_time IS NOT NULL;
+        END;
+    END IF;
+
+    -- As 0100: marked in a statement of its own, so that it sees the rows of a partner
+    -- whose commit the link INSERT waited for; the `wrapper` flag guards against a
+    -- second subtraction.
     IF w_start IS NOT NULL THEN
-        WITH marked AS (
+        WITH m AS (
             UPDATE tokentrace.spans sp SET wrapper = true
             FROM unnest(w_start, w_trace, w_span) AS w(start_time, trace_id, span_id)
             WHERE sp.start_time = w.start_time AND sp.trace_id = w.trace_id
               AND sp.span_id = w.span_id AND NOT sp.wrapper
             RETURNING sp
         )
-        SELECT array_agg(m.sp) INTO late
-        FROM marked m
-        WHERE NOT EXISTS (SELECT FROM new_spans n
-                          WHERE n.start_time = (m.sp).start_time AND n.trace_id = (m.sp).trace_id
-                            AND n.span_id = (m.sp).span_id);
+        SELECT array_agg(m.sp) INTO marked FROM m;
     END IF;
 
     INSERT INTO tokentrace.span_rollups AS r (
@@ -981,29 +1019,20 @@ BEGIN
         timed_calls, timed_inference_ms, timed_output_tokens, decode_ms_tokens,
         decode_output_tokens, load_ms_n, load_ms_sum, first_start, last_start, mpt_packed,
         prefill_ms_tokens, prefill_input_tokens, inference_ms_total, load_ms_total)
-    WITH w AS (
-        SELECT * FROM unnest(w_start, w_trace, w_span) AS w(start_time, trace_id, span_id)
-    ), src AS (
+    WITH src AS (
+        -- Every span stored now, wrappers included, and then every span marked a
+        -- wrapper now, subtracted: the new ones among them cancel out (they still
+        -- bound first_start/last_start), the ones stored earlier were summed then.
         SELECT 1 AS sign, n.start_time, n.model, n.operation, n.status, n.input_tokens,
                n.output_tokens, n.inference_ms, n.ms_per_token, n.decode_ms_per_token,
                n.prefill_ms_per_token, n.load_ms, n.duration_ms
         FROM new_spans n
         WHERE n.model IS NOT NULL
-          AND NOT EXISTS (SELECT FROM w WHERE w.start_time = n.start_time
-                            AND w.trace_id = n.trace_id AND w.span_id = n.span_id)
         UNION ALL
-        -- A wrapper stored now: only its start time (first_start/last_start).
-        SELECT 0, n.start_time, n.model, n.operation, NULL, NULL, NULL, NULL, NULL, NULL,
-               NULL, NULL, NULL
-        FROM new_spans n
-        JOIN w ON w.start_time = n.start_time AND w.trace_id = n.trace_id AND w.span_id = n.span_id
-        WHERE n.model IS NOT NULL
-        UNION ALL
-        -- A wrapper stored earlier, summed then: subtracted.
-        SELECT -1, l.start_time, l.model, l.operation, l.status, l.input_tokens,
-               l.output_tokens, l.inference_ms, l.ms_per_token, l.decode_ms_per_token,
-               l.prefill_ms_per_token, l.load_ms, l.duration_ms
-        FROM unnest(late) l
+        SELECT -1, m.start_time, m.model, m.operation, m.status, m.input_tokens,
+               m.output_tokens, m.inference_ms, m.ms_per_token, m.decode_ms_per_token,
+               m.prefill_ms_per_token, m.load_ms, m.duration_ms
+        FROM unnest(marked) m
     ), sb AS (
         SELECT tokentrace.bucket_floor(s.start_time, '00:05:00') AS bucket,
                s.model COLLATE "C" AS model, coalesce(s.operation, '') COLLATE "C" AS operation,

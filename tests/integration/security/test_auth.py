@@ -16,8 +16,8 @@ import pytest
 from tests.helpers import query
 from tests.integration.receiver.clients import Http, grpc_export, valid_request
 from tests.integration.receiver.conftest import StartReceiver
+from tokentrace import httpkit
 from tokentrace.dashboard import handler as dashboard
-from tokentrace.receiver import ingest
 
 TOKEN = "tt-9f2c41d7e0b8a6-Secret"
 
@@ -61,26 +61,34 @@ def _calls(function: Callable[..., Any]) -> list[str]:
 @pytest.mark.parametrize(
     ("function", "secrets"),
     [
-        (ingest.authorized, {"token", "credentials"}),
-        (dashboard._matches, {"token", "candidate"}),
+        (httpkit.authorized, {"token", "header"}),
+        (httpkit.bearer_credentials, {"credentials", "header"}),
+        (httpkit.token_matches, {"token", "candidate"}),
+        (dashboard.authorized, {"token", "authorization", "cookie_header"}),
     ],
-    ids=["receiver", "dashboard"],
+    ids=["bearer", "credentials", "comparison", "dashboard"],
 )
 def test_the_token_is_compared_in_constant_time(
     function: Callable[..., Any], secrets: set[str]
 ) -> None:
     """The comparison is ``hmac.compare_digest`` (its time does not depend on where the
     strings differ), and the token is never compared with ``==`` on the way."""
-    assert "hmac.compare_digest" in _calls(function)
-    assert function.__globals__["hmac"] is hmac
+    if function is httpkit.token_matches:
+        assert "hmac.compare_digest" in _calls(function)
+        assert function.__globals__["hmac"] is hmac
+    else:  # the others compare through the one comparison
+        assert "hmac.compare_digest" not in _calls(function)
     assert not secrets & set(_compared_names(function)), _compared_names(function)
 
 
-def test_both_protocols_use_the_one_check() -> None:
-    from tokentrace.receiver import grpc_server, http_server
+def test_every_page_and_both_protocols_use_the_one_check() -> None:
+    from tokentrace.receiver import grpc_server, http_routes
 
-    assert grpc_server.authorized is ingest.authorized
-    assert http_server.authorized is ingest.authorized
+    assert grpc_server.authorized is httpkit.authorized
+    assert http_routes.authorized is httpkit.authorized
+    assert "httpkit.authorized" in _calls(dashboard.authorized)
+    assert "httpkit.token_matches" in _calls(dashboard.authorized)
+    assert "token_matches" in _calls(httpkit.authorized)
 
 
 @pytest.mark.parametrize("header", list(NEAR_MISSES.values()), ids=list(NEAR_MISSES))
