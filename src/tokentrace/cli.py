@@ -11,7 +11,7 @@
     tokentrace route --prompt-tokens 800 --output-tokens 200   # which model, now?
     tokentrace alerts                       # exit 1 when an alert fires (tokentrace.alerts_cli)
     tokentrace prune --retention-days 30
-    tokentrace migrate
+    tokentrace migrate                      # on a Citus coordinator: distributed (--citus: insist)
     tokentrace psql                         # psql on the store
 
 The database is ``--dsn``, else ``TOKENTRACE_DSN``, else the libpq ``PG*``
@@ -92,11 +92,16 @@ def _ensure_schema(dsn: str) -> None:
 
 # --- commands -------------------------------------------------------------------
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from tokentrace.store.migrate import migrate
+    from tokentrace.store.citus import CitusSchemaError
+    from tokentrace.store.migrate import MigrationError, migrate
 
     dsn = _dsn(args)
     days = retention_days(args.retention_days)
-    applied = migrate(dsn, retention_days=days)
+    try:
+        applied = migrate(dsn, retention_days=days, require_citus=args.citus)
+    except (MigrationError, CitusSchemaError) as exc:
+        print(f"tokentrace migrate: {exc}", file=sys.stderr)
+        return 1
     where = describe(dsn)
     if applied:
         print(f"applied {', '.join(applied)} to {where}")
@@ -476,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also create (or update) NAME, a read-only role for analysts: SELECT on the views "
                    "and EXECUTE on the report functions, no access to tokentrace.spans, no writes; "
                    f"NOLOGIN unless ${READER_PASSWORD_ENV} holds a password for it")
+    p.add_argument("--citus", action="store_true",
+                   help="require a Citus cluster: refuse a database without the citus extension "
+                   "(with the extension the schema is distributed either way; docs/scaling.md)")
     _add_dsn(p)
     p.set_defaults(func=cmd_migrate)
 

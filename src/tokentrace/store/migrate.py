@@ -5,6 +5,10 @@ Files are named ``NNNN_name.sql`` and applied in order, each recorded in
 transaction-level advisory lock, so two processes starting together apply each file
 once; running it again applies nothing. A recorded file whose text has changed is
 an error: migrations are append-only.
+
+On a database with the ``citus`` extension the same migrations run, then the schema
+is laid out across the cluster and the Citus variants are (re)made, in the same
+transaction: see :mod:`tokentrace.store.citus`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from importlib import resources
 
 import psycopg
 
+from tokentrace.store import citus
 from tokentrace.store.connection import connect
 
 _log = logging.getLogger(__name__)
@@ -65,11 +70,27 @@ def _applied(conn: psycopg.Connection[tuple[object, ...]]) -> dict[int, str]:
     return {int(str(v)): str(c) for v, c in rows}
 
 
-def migrate(dsn: str, retention_days: int | None = None) -> list[str]:
-    """Apply what is missing; return the names applied (empty when up to date)."""
+def migrate(dsn: str, retention_days: int | None = None, *, require_citus: bool = False) -> list[str]:
+    """Apply what is missing; return the names applied (empty when up to date).
+
+    ``require_citus``: refuse (:class:`MigrationError`) a database without the
+    ``citus`` extension instead of migrating it as a single node.
+    """
     done: list[str] = []
     with connect(dsn) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        distributed = citus.has_citus(conn)
+        if require_citus and not distributed:
+            raise MigrationError(
+                "the citus extension is not installed in this database "
+                "(CREATE EXTENSION citus on the coordinator, with its workers added)"
+            )
+        if distributed:
+            # A migration that (re)creates the rollup trigger runs as written; the
+            # trigger is dropped again below, before commit. DDL inside the one long
+            # transaction goes over one connection per worker.
+            conn.execute("SET LOCAL citus.enable_unsafe_triggers = on")
+            conn.execute("SET LOCAL citus.multi_shard_modify_mode = 'sequential'")
         conn.execute(_BOOTSTRAP)
         applied = _applied(conn)
         for m in available():
@@ -88,6 +109,8 @@ def migrate(dsn: str, retention_days: int | None = None) -> list[str]:
                 (m.version, m.name, m.checksum),
             )
             done.append(m.name)
+        if distributed and (done or not citus.is_distributed(conn)):
+            citus.distribute(conn)
         if retention_days is not None:
             conn.execute(
                 "UPDATE tokentrace.settings SET value = %s WHERE key = 'retention_days'",

@@ -8,6 +8,12 @@ is ``(trace_id, span_id)`` (with its ``start_time``, which a retry resends as is
 
 The day partitions a batch needs are created first, in their own short transaction.
 
+On a Citus cluster (:mod:`tokentrace.store.citus`) no trigger rolls the spans up, so a
+batch is COPYed into a temporary table on the coordinator, inserted from there (``ON
+CONFLICT DO NOTHING RETURNING`` on the careful path, keeping only the rows actually
+inserted) and rolled up by ``tokentrace.rollup_staged()`` in the same transaction. A
+distributed deadlock between receivers (Citus aborts one of them) is retried.
+
 A row PostgreSQL refuses (it should not happen after :mod:`tokentrace.store.rows`
 sanitized it, but the database has the last word) does not sink its batch: the batch
 is split and retried until the refused rows are isolated; they are reported in
@@ -33,6 +39,7 @@ import psycopg
 from psycopg import Copy
 from psycopg.types.string import BytesBinaryDumper
 
+from tokentrace.store import citus
 from tokentrace.store.connection import connect
 from tokentrace.store.errors import describe
 from tokentrace.store.migrate import migrate_if_needed
@@ -53,6 +60,24 @@ _MERGE_STAGING = (
 )
 # The two jsonb columns are the last two and a wire row carries them already encoded
 # (tokentrace.store.rows.wire_row), so they go through the bytes dumper.
+# The Citus path (see the module docstring): staged rows, then rollup_staged() over them.
+_COPY_INSERTED = f"COPY {citus.INSERTED} ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
+# Citus reports a duplicate key met by an INSERT … SELECT as an internal error (XX000),
+# not a unique violation, and its row count as the rows selected: the fast path skips
+# conflicts and counts the rows it RETURNS, which are the rows inserted.
+_INSERT_STAGED = (
+    f"WITH ins AS (INSERT INTO tokentrace.spans ({_COLUMN_LIST}) "
+    f"SELECT {_COLUMN_LIST} FROM {citus.INSERTED} ON CONFLICT DO NOTHING RETURNING 1) "
+    "SELECT count(*) FROM ins"
+)
+_MERGE_RETURNING = (
+    f"WITH ins AS (INSERT INTO tokentrace.spans ({_COLUMN_LIST}) "
+    f"SELECT {_COLUMN_LIST} FROM tt_staging ORDER BY start_time, trace_id, span_id "
+    f"ON CONFLICT DO NOTHING RETURNING {_COLUMN_LIST}) "
+    f"INSERT INTO {citus.INSERTED} ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM ins"
+)
+_ROLLUP_STAGED = f"SELECT {citus.ROLLUP_FUNCTION}"
+_DEADLOCK_RETRIES = 5
 _ATTRIBUTES, _RESOURCE = COLUMNS.index("attributes"), COLUMNS.index("resource")
 assert (_ATTRIBUTES, _RESOURCE) == (len(COLUMNS) - 2, len(COLUMNS) - 1)
 assert COLUMN_TYPES[_ATTRIBUTES] == COLUMN_TYPES[_RESOURCE] == "jsonb"
@@ -60,6 +85,10 @@ _WIRE_TYPES = [*COLUMN_TYPES[:_ATTRIBUTES], "bytea", "bytea"]
 _START, _TRACE_ID, _SPAN_ID, _NAME = (COLUMNS.index(c) for c in ("start_time", "trace_id", "span_id", "name"))
 
 Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+class _SomeStored(Exception):
+    """Some spans of a batch are stored already (the Citus fast path found fewer new)."""
 
 
 class _PartitionGone(Exception):
@@ -88,6 +117,7 @@ class SpanWriter:
         self._days_lock = threading.Lock()
         self._known_days: set[dt.date] = set()
         self._closed = False
+        self._distributed: bool | None = None  # known at the first connection
 
     # --- connections -------------------------------------------------------------
     @contextmanager
@@ -117,9 +147,19 @@ class SpanWriter:
                 return conn
         self._ensure_schema()
         conn = connect(self._dsn)
-        conn.execute(_CREATE_STAGING)
+        if self._distributed is None:
+            self._distributed = citus.is_distributed(conn)
+        if self._distributed:
+            citus.create_write_tables(conn)
+        else:
+            conn.execute(_CREATE_STAGING)
         conn.commit()
         return conn
+
+    @property
+    def distributed(self) -> bool | None:
+        """Whether the database is a Citus cluster (``None`` before the first write)."""
+        return self._distributed
 
     def _ensure_schema(self) -> None:
         if self._migrated or not self._auto_migrate:
@@ -168,9 +208,15 @@ class SpanWriter:
         with self._connection() as conn:
             self._ensure_partitions(conn, days)
             try:
-                _copy(conn, _COPY_SPANS, pending, written.append)
+                if self._distributed:
+                    _copy(conn, _COPY_INSERTED, pending, written.append)
+                    if _count(conn, _INSERT_STAGED) != len(written):
+                        raise _SomeStored
+                    conn.execute(_ROLLUP_STAGED)
+                else:
+                    _copy(conn, _COPY_SPANS, pending, written.append)
                 conn.commit()
-            except _REFUSALS:
+            except (*_REFUSALS, psycopg.errors.TransactionRollback, _SomeStored):
                 # A duplicate or a refused row: take the careful path with all the rows.
                 conn.rollback()
                 written.extend(pending)
@@ -220,6 +266,8 @@ class SpanWriter:
             self._write_isolating(conn, batch[middle:], result)
 
     def _write_batch(self, conn: Conn, rows: Sequence[WireRow]) -> int:
+        if self._distributed:
+            return self._write_batch_distributed(conn, rows)
         try:
             _copy(conn, _COPY_SPANS, rows)
             conn.commit()
@@ -232,9 +280,42 @@ class SpanWriter:
         conn.commit()
         return max(inserted, 0)
 
+    def _write_batch_distributed(self, conn: Conn, rows: Sequence[WireRow]) -> int:
+        for attempt in range(_DEADLOCK_RETRIES + 1):
+            try:
+                return self._write_batch_staged(conn, rows)
+            except psycopg.errors.TransactionRollback:
+                # A distributed deadlock (or serialization failure) Citus broke by
+                # aborting us: nothing of the batch was kept, so it is safe to redo.
+                conn.rollback()
+                if attempt == _DEADLOCK_RETRIES:
+                    raise
+                _log.info("batch aborted by the cluster (attempt %d), retrying", attempt + 1)
+        raise AssertionError("unreachable")
+
+    def _write_batch_staged(self, conn: Conn, rows: Sequence[WireRow]) -> int:
+        _copy(conn, _COPY_INSERTED, rows)
+        if _count(conn, _INSERT_STAGED) == len(rows):
+            conn.execute(_ROLLUP_STAGED)
+            conn.commit()
+            return len(rows)
+        conn.rollback()
+        # Some spans are stored already: only the rows inserted now are rolled up.
+        _copy(conn, _COPY_STAGING, rows)
+        conn.execute(_MERGE_RETURNING)
+        inserted = _count(conn, f"SELECT count(*) FROM {citus.INSERTED}")
+        conn.execute(_ROLLUP_STAGED)
+        conn.commit()
+        return max(inserted, 0)
+
 
 # What PostgreSQL answers to rows it will not take (duplicates included: IntegrityError).
 _REFUSALS = (psycopg.DataError, psycopg.errors.IntegrityError, psycopg.errors.ProgramLimitExceeded)
+
+
+def _count(conn: Conn, statement: str) -> int:
+    row = conn.execute(statement).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _in_key_order(rows: Sequence[WireRow]) -> list[tuple[int, WireRow]]:
