@@ -279,6 +279,14 @@ def function_variants(conn: Conn) -> list[tuple[str, str | None]]:
              "(r.model || '') = model_filter)\n            ) r", 1, regex=True),
     ])))
 
+    sig = "tokentrace.expected_latency(integer,integer,text[],timestamptz,interval)"
+    out.append((sig, _variant(conn, sig, [
+        # Citus cannot push down a LIMIT/OFFSET in a lateral subquery over VALUES; the
+        # fence only keeps the planner from merging steps that are MATERIALIZED anyway.
+        Edit("AND (wanted IS NULL OR r.model = ANY (wanted))\n            OFFSET 0) r",
+             "AND (wanted IS NULL OR r.model = ANY (wanted))\n            ) r"),
+    ])))
+
     sig = "tokentrace.efficiency_series_range(timestamptz,timestamptz,interval,text)"
     out.append((sig, _variant(conn, sig, [
         Edit("plan_cache_mode TO 'force_generic_plan'", "plan_cache_mode TO 'force_custom_plan'"),
