@@ -87,7 +87,7 @@ def thresholds(args: argparse.Namespace) -> alerts.Thresholds:
 
 def run(args: argparse.Namespace) -> int:
     from tokentrace.store.connection import resolve_dsn
-    from tokentrace.store.migrate import MigrationError, is_current, migrate
+    from tokentrace.store.migrate import MigrationError, migrate_if_needed
 
     try:
         chosen = thresholds(args)
@@ -97,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
         return USAGE
     try:
         dsn = resolve_dsn(getattr(args, "dsn", None))
-        if not is_current(dsn):
-            migrate(dsn)
+        migrate_if_needed(dsn)
         with reports.report_connection(dsn) as conn:
             found = alerts.check(conn, chosen, args.disk_cap_gb)
     except (psycopg.Error, MigrationError, OSError) as exc:
