@@ -33,11 +33,11 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
-from urllib.parse import parse_qs
 
 import psycopg
 from psycopg.rows import dict_row
 
+from tokentrace import httpkit
 from tokentrace.reports import ReportError, report_connection
 from tokentrace.store.connection import resolve_dsn
 
@@ -233,21 +233,12 @@ def parse_query(query: str | Mapping[str, Sequence[str]]) -> Query:
     value may list several, comma-separated), ``at`` (ISO 8601 with a zone; default now),
     ``half_life_minutes`` (default 30). Anything else, or a bad value, is an
     :class:`ExpectedLatencyError` naming the parameter."""
-    if isinstance(query, str):
-        try:
-            parsed = parse_qs(query, keep_blank_values=True, max_num_fields=MAX_MODELS + 10)
-        except ValueError as exc:
-            raise ExpectedLatencyError(f"bad query string: {exc}") from None
-    else:
-        parsed = {k: list(v) for k, v in query.items()}
-    unknown = sorted(set(parsed) - set(QUERY_PARAMETERS))
-    if unknown:
-        raise ExpectedLatencyError(
-            f"unknown query parameter {unknown[0]!r} (allowed: {', '.join(QUERY_PARAMETERS)})"
+    try:
+        parsed = httpkit.parse_query_lists(
+            query, QUERY_PARAMETERS, repeatable=("model",), max_fields=MAX_MODELS + 10
         )
-    for key, values in parsed.items():
-        if key != "model" and len(values) > 1:
-            raise ExpectedLatencyError(f"query parameter {key!r} given more than once")
+    except httpkit.BadQuery as exc:
+        raise ExpectedLatencyError(str(exc)) from None
 
     def one(key: str) -> str | None:
         values = parsed.get(key)

@@ -92,13 +92,27 @@ def parse_query(
     parameter in ``allowed`` given more than once, and, unless ``ignore_unknown``, for
     a parameter not in ``allowed`` (reported before repetitions).
     """
+    fields = parse_query_lists(query, allowed, ignore_unknown=ignore_unknown)
+    return {key: values[0] for key, values in fields.items() if values}
+
+
+def parse_query_lists(
+    query: str | Mapping[str, Sequence[str]],
+    allowed: Collection[str],
+    *,
+    ignore_unknown: bool = False,
+    repeatable: Collection[str] = (),
+    max_fields: int = MAX_QUERY_FIELDS,
+) -> dict[str, list[str]]:
+    """As :func:`parse_query`, each parameter's values as a list: those in ``repeatable``
+    may be given more than once, and the field limit is ``max_fields``."""
     if isinstance(query, str):
         try:
             fields: Mapping[str, Sequence[str]] = parse_qs(
-                query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS
+                query, keep_blank_values=True, max_num_fields=max_fields
             )
         except ValueError:  # the only one parse_qs raises without strict_parsing
-            raise BadQuery(f"query string has more than {MAX_QUERY_FIELDS} fields") from None
+            raise BadQuery(f"query string has more than {max_fields} fields") from None
     else:
         fields = query
     if ignore_unknown:
@@ -110,7 +124,7 @@ def parse_query(
                 f"unknown query parameter {unknown[0]!r} "
                 f"(allowed: {', '.join(allowed) or 'none'})"
             )
-    repeated = [key for key, values in fields.items() if len(values) > 1]
+    repeated = [key for key, values in fields.items() if len(values) > 1 and key not in repeatable]
     if repeated:
         raise BadQuery(f"query parameter {repeated[0]!r} given more than once")
-    return {key: values[0] for key, values in fields.items() if values}
+    return {key: list(values) for key, values in fields.items()}
